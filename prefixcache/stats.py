@@ -1,0 +1,62 @@
+"""Counters a user can read and log."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["CacheStats"]
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """A snapshot of a cache's counters, taken under its lock.
+
+    Token counts are cumulative since the cache was made; sizes are as of now.
+    """
+
+    requests: int
+    """Lookups made (one per prompt)."""
+    prompt_tokens: int
+    """Tokens in the prompts looked up."""
+    hit_tokens: int
+    """Of those, tokens found cached (not recomputed)."""
+    inserted_tokens: int
+    """Tokens whose KV was stored."""
+    evicted_tokens: int
+    """Tokens whose KV was dropped to make room (or by ``clear``/``resize``)."""
+    cached_tokens: int
+    """Tokens cached now."""
+    pinned_tokens: int
+    """Of those, tokens pinned by requests in flight."""
+    capacity_tokens: int
+    """Tokens the pool holds when full."""
+    bytes_used: int
+    """Bytes of the pool holding cached KV now."""
+    bytes_reserved: int
+    """Bytes the pool takes on its device (never above the budget)."""
+    nodes: int
+    """Nodes in the radix tree."""
+
+    @property
+    def hit_rate(self) -> float:
+        """``hit_tokens / prompt_tokens`` (0.0 before any request)."""
+        return self.hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Every field and ``hit_rate`` as a plain dict, for logging."""
+        out: dict[str, float | int] = asdict(self)
+        out["hit_rate"] = self.hit_rate
+        return out
+
+
+class Counters:
+    """The cumulative counters behind :class:`CacheStats` (mutated under the cache's lock)."""
+
+    __slots__ = ("evicted_tokens", "hit_tokens", "inserted_tokens", "prompt_tokens", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.prompt_tokens = 0
+        self.hit_tokens = 0
+        self.inserted_tokens = 0
+        self.evicted_tokens = 0
