@@ -170,6 +170,7 @@ class PrefixCache:
                 hit_tokens=c.hit_tokens,
                 inserted_tokens=c.inserted_tokens,
                 evicted_tokens=c.evicted_tokens,
+                passed_through=c.passed_through,
                 cached_tokens=tree.size,
                 pinned_tokens=tree.pinned_size,
                 capacity_tokens=pool.capacity,
@@ -203,19 +204,33 @@ class PrefixCache:
             c.hit_tokens += found.length
         return Hit(found.length, namespace, self, _Lease(found.node))
 
-    def gather(self, hit: Hit) -> list[LayerKV]:
-        """The KV of ``hit``'s tokens: per layer ``(keys, values)``, each ``[1, kv_heads, hit.length, head_dim]``.
+    def gather(self, hit: Hit, length: int | None = None) -> list[LayerKV]:
+        """The KV of ``hit``'s first ``length`` tokens (all of them by default): per layer
+        ``(keys, values)``, each ``[1, kv_heads, length, head_dim]``.
 
-        Raises ``ValueError`` if the hit was released or comes from another cache.
+        Raises ``ValueError`` if the hit was released, comes from another cache, or is
+        shorter than ``length``.
         """
         if hit._cache is not self:
             raise ValueError("hit: it comes from another PrefixCache")
+        if length is None:
+            length = hit.length
+        elif isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= hit.length:
+            raise ValueError(f"length: expected an int in [0, {hit.length}], got {length!r}")
         with self._lock:
             if hit._lease.released:
                 raise ValueError("hit: already released; match again")
             slots = self._path_slots(hit._lease.node)
             assert len(slots) == hit.length
-            return self._pool.gather(slots)
+            return self._pool.gather(slots[:length])
+
+    def record_pass_through(self, prompt_tokens: int, requests: int = 1) -> None:
+        """Count requests served by the model without the cache (they hit nothing)."""
+        with self._lock:
+            c = self._counters
+            c.requests += requests
+            c.prompt_tokens += prompt_tokens
+            c.passed_through += requests
 
     def insert(
         self,

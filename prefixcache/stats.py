@@ -24,6 +24,8 @@ class CacheStats:
     """Tokens whose KV was stored."""
     evicted_tokens: int
     """Tokens whose KV was dropped to make room (or by ``clear``/``resize``)."""
+    passed_through: int
+    """Requests served by the model without reuse (options the cache cannot serve exactly)."""
     cached_tokens: int
     """Tokens cached now."""
     pinned_tokens: int
@@ -52,7 +54,7 @@ class CacheStats:
 class Counters:
     """The cumulative counters behind :class:`CacheStats` (mutated under the cache's lock)."""
 
-    __slots__ = ("evicted_tokens", "hit_tokens", "inserted_tokens", "prompt_tokens", "requests")
+    __slots__ = ("evicted_tokens", "hit_tokens", "inserted_tokens", "passed_through", "prompt_tokens", "requests")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -60,3 +62,4 @@ class Counters:
         self.hit_tokens = 0
         self.inserted_tokens = 0
         self.evicted_tokens = 0
+        self.passed_through = 0

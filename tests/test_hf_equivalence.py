@@ -1,0 +1,260 @@
+"""prefixcache.wrap gives the outputs of the model without the cache, on many architectures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import prefixcache
+
+from .tiny_models import CONFIGS, CORE, VOCAB, tiny_model
+
+# float64 logits agree to rounding (about 1e-16 here); float32 to this.
+FLOAT32_LOGIT_TOLERANCE = 1e-4
+
+
+def float64_tolerance(model_type: str) -> float:
+    # GPT-J's attention casts queries and keys to float32 before transformers 5, so its
+    # float64 logits only agree to float32 rounding there.
+    return 1e-8 if model_type == "gptj" else 1e-10
+
+
+def tokens(generator: torch.Generator, n: int) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (n,), generator=generator)
+
+
+def uncached_logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids.unsqueeze(0)).logits[0]
+
+
+def request_stream(seed: int) -> list[tuple[str, torch.Tensor]]:
+    """Prompts that share prefixes in the ways real traffic does; chat turns are built
+    later from the previous turn's output."""
+    g = torch.Generator().manual_seed(seed)
+    system = tokens(g, 24)
+    first = torch.cat([system, tokens(g, 6)])
+    return [
+        ("first", first),
+        ("same system prompt", torch.cat([system, tokens(g, 5)])),
+        ("chat turn 2", first),  # replaced by first + its output + a new user turn
+        ("prefix of an earlier prompt", system[:11]),
+        ("identical prompt again", first),
+        ("longer than anything cached", torch.cat([first, tokens(g, 40)])),
+        ("unrelated", tokens(g, 9)),
+    ]
+
+
+def run_stream(model_type: str, dtype: torch.dtype) -> list[tuple[str, int, float, bool]]:
+    model = tiny_model(model_type, dtype)
+    cached = prefixcache.wrap(model, "1MiB")
+    g = torch.Generator().manual_seed(7)
+    results = []
+    previous_output: torch.Tensor | None = None
+    for name, prompt in request_stream(seed=3):
+        if name == "chat turn 2":
+            assert previous_output is not None
+            prompt = torch.cat([previous_output, tokens(g, 4)])
+        ids = prompt.unsqueeze(0)
+        before = cached.cache.stats.hit_tokens
+        got = cached.generate(ids, max_new_tokens=5, do_sample=False)
+        want = model.generate(ids, max_new_tokens=5, do_sample=False)
+        hit = cached.cache.stats.hit_tokens - before
+        same_tokens = torch.equal(got, want)
+        previous_output = got[0]
+        # prefill of the same prompt plus one token: everything but the last token cached
+        extended = torch.cat([prompt, tokens(g, 1)])
+        res = cached.prefill(extended)
+        diff = float((res.logits[0] - uncached_logits(model, extended)[res.cached_length :]).abs().max())
+        results.append((name, hit, diff, same_tokens))
+        cached.cache._check()
+    return results
+
+
+def check_hits(results: list[tuple[str, int, float, bool]]) -> None:
+    hits = {name: hit for name, hit, _, _ in results}
+    assert hits["first"] == 0
+    assert hits["same system prompt"] >= 24
+    # The previous turn (29 prompt tokens, 5 generated) is cached whole but for the
+    # last generated token, whose KV was never computed.
+    assert hits["chat turn 2"] >= 29 + 4
+    assert hits["prefix of an earlier prompt"] == 10  # all but the last token
+    assert hits["identical prompt again"] == 29
+    assert hits["longer than anything cached"] >= 30
+
+
+@pytest.mark.parametrize("model_type", list(CONFIGS))
+def test_float64_stream_matches_the_uncached_model(model_type: str) -> None:
+    results = run_stream(model_type, torch.float64)
+    for name, _, diff, same in results:
+        assert same, f"{model_type}: greedy tokens differ on '{name}'"
+        tolerance = float64_tolerance(model_type)
+        assert diff <= tolerance, f"{model_type}: prefill logits differ by {diff:.3g} on '{name}'"
+    check_hits(results)
+
+
+@pytest.mark.parametrize("model_type", CORE)
+def test_float32_stream_matches_within_tolerance(model_type: str) -> None:
+    results = run_stream(model_type, torch.float32)
+    for name, _, diff, same in results:
+        assert same, f"{model_type}: greedy tokens differ on '{name}'"
+        assert diff <= FLOAT32_LOGIT_TOLERANCE, f"{model_type}: logits differ by {diff:.3g} on '{name}'"
+    check_hits(results)
+
+
+def left_pad(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+# Bloom's eager attention turns the uncached padded batch into NaN (pad queries attend
+# to nothing), so there is no uncached result to match; its single rows are tested above.
+@pytest.mark.parametrize("model_type", [m for m in CONFIGS if m != "bloom"])
+def test_left_padded_batch_with_different_hit_lengths(model_type: str) -> None:
+    model = tiny_model(model_type, torch.float64)
+    cached = prefixcache.wrap(model, "1MiB")
+    g = torch.Generator().manual_seed(11)
+    system = tokens(g, 14)
+    cached.generate(torch.cat([system, tokens(g, 5)]).unsqueeze(0), max_new_tokens=2, do_sample=False)
+    cached.generate(system[:6].unsqueeze(0), max_new_tokens=2, do_sample=False)
+    rows = [
+        torch.cat([system, tokens(g, 4)]),  # hits 14
+        torch.cat([system[:7], tokens(g, 2)]),  # hits 7, more padding
+        tokens(g, 3),  # hits nothing, most padding
+        torch.cat([system, tokens(g, 1)]),  # hits 14, its last token left to compute
+    ]
+    ids, mask = left_pad(rows)
+    before = cached.cache.stats.hit_tokens
+    got = cached.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    want = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    assert torch.equal(got, want)
+    assert cached.cache.stats.hit_tokens - before >= 14 + 7 + 14
+    # Every row's prompt and output is cached now: prefill the batch again and compare each
+    # row's last logits with the row run alone, unpadded.
+    res = cached.prefill(ids, mask)
+    assert res.cached_length == ids.shape[1] - 1
+    for r, row in enumerate(rows):
+        diff = (res.logits[r, -1] - uncached_logits(model, row)[-1]).abs().max()
+        assert float(diff) <= float64_tolerance(model_type)
+    cached.cache._check()
+
+
+def test_generated_tokens_are_cached_up_to_the_first_eos() -> None:
+    model = tiny_model("llama", torch.float64)
+    cached = prefixcache.wrap(model, "1MiB")
+    prompt = tokens(torch.Generator().manual_seed(5), 10).unsqueeze(0)
+    out = cached.generate(prompt, max_new_tokens=6, do_sample=False)
+    first_token = int(out[0, 10])
+    cached.cache.clear()
+    # Make the first generated token the end of sequence: only it is cached after the prompt.
+    out = cached.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=first_token)
+    assert out.shape[1] == 11
+    assert cached.cache.stats.cached_tokens == 10  # its KV was never computed
+
+
+def test_sampling_with_a_seed_matches() -> None:
+    model = tiny_model("qwen2", torch.float64)
+    cached = prefixcache.wrap(model, "1MiB")
+    prompt = tokens(torch.Generator().manual_seed(9), 12).unsqueeze(0)
+    cached.generate(prompt, max_new_tokens=2, do_sample=False)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        got = cached.generate(prompt, max_new_tokens=8, do_sample=True, top_k=20)
+        torch.manual_seed(seed)
+        want = model.generate(prompt, max_new_tokens=8, do_sample=True, top_k=20)
+        assert torch.equal(got, want)
+    assert cached.cache.stats.hit_tokens > 0
+
+
+def test_return_dict_scores_and_streamer_match() -> None:
+    from transformers.generation.streamers import BaseStreamer
+
+    class Collect(BaseStreamer):
+        def __init__(self) -> None:
+            self.chunks: list[list[int]] = []
+
+        def put(self, value: torch.Tensor) -> None:
+            self.chunks.append(value.reshape(-1).tolist())
+
+        def end(self) -> None:
+            self.chunks.append([])
+
+    model = tiny_model("llama", torch.float64)
+    cached = prefixcache.wrap(model, "1MiB")
+    prompt = tokens(torch.Generator().manual_seed(2), 15).unsqueeze(0)
+    cached.generate(prompt, max_new_tokens=1, do_sample=False)
+    s1, s2 = Collect(), Collect()
+    kwargs: dict[str, Any] = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    got = cached.generate(prompt, streamer=s1, **kwargs)
+    want = model.generate(prompt, streamer=s2, **kwargs)
+    assert torch.equal(got.sequences, want.sequences)
+    for a, b in zip(got.scores, want.scores, strict=True):
+        assert float((a - b).abs().max()) <= 1e-10
+    assert s1.chunks == s2.chunks
+
+
+def test_beam_search_passes_through_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_model("llama", torch.float64)
+    cached = prefixcache.wrap(model, "1MiB")
+    prompt = tokens(torch.Generator().manual_seed(4), 12).unsqueeze(0)
+    cached.generate(prompt, max_new_tokens=2, do_sample=False)
+    with caplog.at_level("WARNING", logger="prefixcache"):
+        got = cached.generate(prompt, max_new_tokens=4, num_beams=3, do_sample=False)
+    want = model.generate(prompt, max_new_tokens=4, num_beams=3, do_sample=False)
+    assert torch.equal(got, want)
+    assert cached.cache.stats.passed_through == 1
+    assert "num_beams=3" in caplog.text
+
+
+def test_a_callers_own_cache_is_left_alone() -> None:
+    from transformers import DynamicCache
+
+    model = tiny_model("llama", torch.float64)
+    cached = prefixcache.wrap(model, "1MiB")
+    prompt = tokens(torch.Generator().manual_seed(4), 12).unsqueeze(0)
+    mine = DynamicCache(config=model.config)
+    got = cached.generate(prompt, past_key_values=mine, max_new_tokens=3, do_sample=False)
+    want = model.generate(prompt, max_new_tokens=3, do_sample=False)
+    assert torch.equal(got, want)
+    assert mine.get_seq_length() == 14  # the caller's cache was used
+    assert cached.cache.stats.cached_tokens == 0
+
+
+def test_namespaces_do_not_share_kv() -> None:
+    model = tiny_model("llama", torch.float64)
+    cached = prefixcache.wrap(model, "1MiB")
+    prompt = tokens(torch.Generator().manual_seed(4), 12).unsqueeze(0)
+    cached.prefill(prompt, namespace="adapter-a")
+    assert cached.prefill(prompt, namespace="adapter-b").cached_length == 0
+    assert cached.prefill(prompt, namespace="adapter-a").cached_length == 11
+    assert cached.prefill(prompt).cached_length == 0
+
+
+def test_logits_to_keep_returns_the_last_positions() -> None:
+    model = tiny_model("llama", torch.float64)
+    cached = prefixcache.wrap(model, "1MiB")
+    prompt = tokens(torch.Generator().manual_seed(4), 12)
+    res = cached.prefill(prompt.unsqueeze(0), logits_to_keep=1)
+    assert res.logits.shape == (1, 1, VOCAB)
+    assert float((res.logits[0, -1] - uncached_logits(model, prompt)[-1]).abs().max()) <= 1e-10
+
+
+def test_without_a_mask_padding_is_inferred_as_generate_does() -> None:
+    model = tiny_model("llama", torch.float64)  # pad_token_id 0, eos 2
+    cached = prefixcache.wrap(model, "1MiB")
+    g = torch.Generator().manual_seed(6)
+    shared = tokens(g, 10)
+    cached.generate(shared.unsqueeze(0), max_new_tokens=1, do_sample=False)
+    ids, _ = left_pad([torch.cat([shared, tokens(g, 3)]), tokens(g, 6)])
+    assert (ids == 0).any()
+    got = cached.generate(inputs=ids, max_new_tokens=4, do_sample=False)
+    want = model.generate(inputs=ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(got, want)
+    assert cached.cache.stats.hit_tokens >= 10
