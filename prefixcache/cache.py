@@ -18,6 +18,7 @@ from array import array
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import torch
 
@@ -82,6 +83,8 @@ def as_tokens(tokens: object, name: str = "tokens") -> array:
     tensor) and ``ValueError`` for ids below 0 or above 2**31 - 1.
     """
     if isinstance(tokens, torch.Tensor):
+        if tokens.is_meta:
+            raise ValueError(f"{name}: a tensor on the meta device holds no token ids; give one with data")
         if tokens.dim() != 1 or tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
             raise TypeError(
                 f"{name}: expected a 1-D integer tensor or a sequence of ints, "
@@ -112,6 +115,35 @@ def check_count(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
     return value
+
+
+def check_kv(kv: Any, pool: KVPool, *, positions: int, row: int) -> None:
+    """Raise unless ``kv`` is one ``(key_states, value_states)`` pair per layer of ``pool``,
+    of its shapes (see :meth:`KVPool.check_kv`), floating point and on its device.
+
+    ``TypeError`` for the wrong kinds of objects or dtypes, ``ValueError`` for wrong
+    shapes or another device; each names the offending layer.
+    """
+    if isinstance(kv, (str, bytes)) or not (hasattr(kv, "__len__") and hasattr(kv, "__getitem__")):
+        raise TypeError(f"kv: expected one (key_states, value_states) pair per layer, got {type(kv).__name__}")
+    layers: list[Any] = [kv[i] for i in range(len(kv))]
+    for i, layer in enumerate(layers):
+        if isinstance(layer, (str, bytes)) or not (hasattr(layer, "__len__") and hasattr(layer, "__getitem__")):
+            raise TypeError(f"kv[{i}]: expected a (key_states, value_states) pair, got {type(layer).__name__}")
+    pool.check_kv(kv, positions=positions, row=row)
+    for i, layer in enumerate(layers):
+        for part, tensor in (("key", layer[0]), ("value", layer[1])):
+            if not tensor.dtype.is_floating_point:
+                raise TypeError(f"kv[{i}] {part}_states: expected a floating-point tensor, got {tensor.dtype}")
+            if not _same_device(tensor.device, pool.device):
+                raise ValueError(
+                    f"kv[{i}] {part}_states: on {tensor.device}, but the pool is on {pool.device}; move it there first"
+                )
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # "cuda" names the current device of its type: it matches any index.
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 def check_namespace(namespace: object) -> Hashable:
@@ -204,13 +236,17 @@ class PrefixCache:
             c.hit_tokens += found.length
         return Hit(found.length, namespace, self, _Lease(found.node))
 
-    def gather(self, hit: Hit, length: int | None = None) -> list[LayerKV]:
+    def gather(self, hit: Hit, length: int | None = None, *, copy: bool = True) -> list[LayerKV]:
         """The KV of ``hit``'s first ``length`` tokens (all of them by default): per layer
         ``(keys, values)``, each ``[1, kv_heads, length, head_dim]``.
 
-        Raises ``ValueError`` if the hit was released, comes from another cache, or is
-        shorter than ``length``.
+        ``copy=False`` may return views of the pool instead of copies (see
+        :meth:`KVPool.gather`): read them only, and only until the hit is released.
+        Raises ``TypeError`` for something that is not a Hit, and ``ValueError`` if the
+        hit was released, comes from another cache, or is shorter than ``length``.
         """
+        if not isinstance(hit, Hit):
+            raise TypeError(f"hit: expected a Hit returned by PrefixCache.match, got {type(hit).__name__}")
         if hit._cache is not self:
             raise ValueError("hit: it comes from another PrefixCache")
         if length is None:
@@ -222,7 +258,7 @@ class PrefixCache:
                 raise ValueError("hit: already released; match again")
             slots = self._path_slots(hit._lease.node)
             assert len(slots) == hit.length
-            return self._pool.gather(slots[:length])
+            return self._pool.gather(slots[:length], copy=copy)
 
     def record_pass_through(self, prompt_tokens: int, requests: int = 1) -> None:
         """Count requests served by the model without the cache (they hit nothing)."""
@@ -253,7 +289,7 @@ class PrefixCache:
         check_namespace(namespace)
         check_count(offset, "offset")
         check_count(row, "row")
-        self._pool.check_kv(kv, positions=offset + len(toks), row=row)
+        check_kv(kv, self._pool, positions=offset + len(toks), row=row)
         with self._lock:
             tree, pool = self._tree, self._pool
             found = tree.match(toks, namespace)
@@ -316,7 +352,12 @@ class PrefixCache:
         with self._lock:
             pool, tree = self._pool, self._tree
             capacity = pool.capacity_for(budget)
-            if capacity < max(1, tree.pinned_size):
+            if capacity < 1:
+                raise ValueError(
+                    f"budget: {budget!r} is smaller than one token of KV ({pool.bytes_per_token} bytes); "
+                    f"give at least {max(1, tree.pinned_size) * pool.bytes_per_token} bytes"
+                )
+            if capacity < tree.pinned_size:
                 raise ValueError(
                     f"budget: {budget!r} holds {capacity} tokens of {pool.bytes_per_token} bytes, "
                     f"but {tree.pinned_size} tokens are pinned by requests in flight; give at least "

@@ -31,12 +31,13 @@ from typing import Any, NamedTuple
 import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from .cache import Hit, PrefixCache, check_namespace
 from .errors import UnsupportedModelError
 from .pool import LayerKV, LayerSpec
 
-__all__ = ["CachedModel", "PrefillResult", "load_model", "wrap"]
+__all__ = ["CachedModel", "PrefillResult", "cache_from_kv", "kv_of", "load_model", "prompt_cache", "wrap"]
 
 logger = logging.getLogger("prefixcache")
 
@@ -111,7 +112,7 @@ class CachedModel:
         _refuse_by_config(model.config)
         specs, dtype, device = _probe(model, check=check)
         self._cache = PrefixCache(specs, budget, device=device, dtype=dtype)
-        self._vocab = _vocab_size(model)
+        self._vocab = vocab_size(model)
         self._accepts_position_ids = "position_ids" in inspect.signature(model.forward).parameters
         self._warned: set[str] = set()
         self._warn_lock = threading.Lock()
@@ -179,7 +180,7 @@ class CachedModel:
             logits = out.logits
             if logits_to_keep and logits.shape[1] > logits_to_keep:  # a model that ignored logits_to_keep
                 logits = logits[:, -logits_to_keep:]
-            self._store(batch, out.past_key_values, namespace, generated=None)
+            self._store(batch, out.past_key_values, namespace)
         return PrefillResult(logits, length)
 
     @torch.no_grad()
@@ -220,7 +221,8 @@ class CachedModel:
                 batch.input_ids, attention_mask=batch.attention_mask, past_key_values=kv_cache, **kwargs
             )
             sequences = out if isinstance(out, torch.Tensor) else out.sequences
-            self._store(batch, kv_cache, namespace, generated=sequences[:, batch.input_ids.shape[1] :])
+            generated = sequences[:, batch.input_ids.shape[1] :]
+            self._store(batch, kv_cache, namespace, generated, self._eos_ids(kwargs))
         return out
 
     # -- steps of a request ----------------------------------------------
@@ -241,32 +243,43 @@ class CachedModel:
 
     def _cache_for(self, batch: _Batch, hits: list[Hit], length: int) -> DynamicCache:
         """A DynamicCache holding positions [0, length) of every row: gathered KV, zeros for padding."""
-        cache = DynamicCache(config=self.model.config)
         if length == 0:
-            return cache
+            return DynamicCache(config=self.model.config)
         pads = batch.pads
         if len(hits) == 1 and pads[0] == 0:
-            layers = self._cache.gather(hits[0], length)
-        else:
-            layers = []
-            gathered = [
-                self._cache.gather(hit, length - pad) if length > pad else None
-                for hit, pad in zip(hits, pads, strict=True)
-            ]
-            for i, spec in enumerate(self._cache.pool.layers):
-                keys = self._zeros(len(hits), spec.kv_heads, length, spec.key_dim)
-                values = self._zeros(len(hits), spec.kv_heads, length, spec.value_dim)
-                for r, rows in enumerate(gathered):
-                    if rows is not None:
-                        keys[r, :, pads[r] :] = rows[i][0][0]
-                        values[r, :, pads[r] :] = rows[i][1][0]
-                layers.append((keys, values))
-        for i, (keys, values) in enumerate(layers):
-            cache.update(keys, values, i)
-        return cache
+            # Views of the pool when the prefix's slots are a run: the model only reads
+            # them (its first update concatenates them into a new tensor), and the hit
+            # keeps them allocated until the request ends.
+            return _filled_cache(self.model.config, self._cache.gather(hits[0], length, copy=False))
+        layers = []
+        gathered = [
+            self._cache.gather(hit, length - pad, copy=False) if length > pad else None
+            for hit, pad in zip(hits, pads, strict=True)
+        ]
+        for i, spec in enumerate(self._cache.pool.layers):
+            keys = self._zeros(len(hits), spec.kv_heads, length, spec.key_dim)
+            values = self._zeros(len(hits), spec.kv_heads, length, spec.value_dim)
+            for r, rows in enumerate(gathered):
+                if rows is not None:
+                    keys[r, :, pads[r] :] = rows[i][0][0]
+                    values[r, :, pads[r] :] = rows[i][1][0]
+            layers.append((keys, values))
+        return _filled_cache(self.model.config, layers)
 
-    def _store(self, batch: _Batch, kv_cache: Any, namespace: Hashable, generated: torch.Tensor | None) -> None:
-        """Insert every row's prompt (and generated tokens whose KV was computed) into the cache."""
+    def _store(
+        self,
+        batch: _Batch,
+        kv_cache: Any,
+        namespace: Hashable,
+        generated: torch.Tensor | None = None,
+        eos_ids: torch.Tensor | None = None,
+    ) -> None:
+        """Insert every row's prompt, and the generated tokens whose KV was computed, into the cache.
+
+        A finished row's later tokens are padding fed to the model; their KV is
+        right for those tokens but of no use, so a row is cut after its first
+        end-of-sequence token.
+        """
         layers = _cache_layers(kv_cache)
         if layers is None:
             return
@@ -275,17 +288,17 @@ class CachedModel:
             tokens = row
             if generated is not None and generated.shape[1] > 1:
                 # The last generated token was never fed back, so it has no KV.
-                room = positions - batch.input_ids.shape[1]
-                tokens = torch.cat([row, self._until_eos(generated[r, :room]).cpu()])
+                fed = generated[r, : positions - batch.input_ids.shape[1]].cpu()
+                if eos_ids is not None and len(fed):
+                    ends = torch.isin(fed, eos_ids).nonzero()
+                    fed = fed[: int(ends[0]) + 1] if len(ends) else fed
+                tokens = torch.cat([row, fed])
             self._cache.insert(tokens, layers, namespace=namespace, offset=batch.pads[r], row=r)
 
-    def _until_eos(self, tokens: torch.Tensor) -> torch.Tensor:
-        eos = self.model.generation_config.eos_token_id
-        if eos is None or tokens.numel() == 0:
-            return tokens
-        ids = torch.as_tensor(eos, device=tokens.device).reshape(-1)
-        hits = torch.isin(tokens, ids).nonzero()
-        return tokens[: int(hits[0]) + 1] if len(hits) else tokens
+    def _eos_ids(self, kwargs: dict[str, Any]) -> torch.Tensor | None:
+        config = kwargs.get("generation_config") or self.model.generation_config
+        eos = kwargs.get("eos_token_id", getattr(config, "eos_token_id", None))
+        return None if eos is None else torch.as_tensor(eos).reshape(-1)
 
     # -- input checks ------------------------------------------------------
 
@@ -428,7 +441,7 @@ def _probe(model: Any, *, check: bool) -> tuple[list[LayerSpec], torch.dtype, to
     n = 12
     generator = torch.Generator().manual_seed(0)
     device = _input_device(model)
-    ids = torch.randint(0, _vocab_size(model), (1, n), generator=generator).to(device)
+    ids = torch.randint(0, vocab_size(model), (1, n), generator=generator).to(device)
     with torch.no_grad():
         try:
             whole = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
@@ -483,6 +496,48 @@ def _check_split_run(model: Any, ids: torch.Tensor, whole_logits: torch.Tensor, 
         )
 
 
+def _filled_cache(config: Any, layers: list[LayerKV]) -> DynamicCache:
+    """A DynamicCache holding ``layers``, without copying them.
+
+    ``update`` would concatenate each tensor onto an empty one, a full copy of the
+    prefix; instead each layer is initialised by an empty update and then given
+    the tensors. Should a layer not take them, it falls back to ``update``.
+    """
+    cache = DynamicCache(config=config)
+    for i, (keys, values) in enumerate(layers):
+        cache.update(keys[:, :, :0], values[:, :, :0], i)
+        layer: Any = cache.layers[i]
+        if type(layer) is DynamicLayer:
+            layer.keys, layer.values = keys, values
+        else:
+            cache.update(keys, values, i)
+    if cache.get_seq_length() != layers[0][0].shape[2]:
+        raise RuntimeError("prefixcache: a DynamicCache did not take the prefix KV; please report this")
+    return cache
+
+
+def prompt_cache(model: Any, input_ids: torch.Tensor) -> DynamicCache:
+    """The KV of ``input_ids`` in a DynamicCache, by one forward pass: the prompt-reuse
+    recipe of the transformers documentation (copy it before each ``generate``)."""
+    with torch.no_grad():
+        return model(
+            input_ids=input_ids, past_key_values=DynamicCache(config=model.config), use_cache=True
+        ).past_key_values
+
+
+def cache_from_kv(model: Any, layers: list[LayerKV]) -> DynamicCache:
+    """A DynamicCache for ``model`` holding ``layers`` (per layer ``(keys, values)``), not copied."""
+    return _filled_cache(model.config, layers)
+
+
+def kv_of(cache: Any) -> list[LayerKV]:
+    """The per-layer ``(keys, values)`` of a plain DynamicCache; ``ValueError`` for any other cache."""
+    layers = _cache_layers(cache)
+    if layers is None:
+        raise ValueError(f"cache: expected a DynamicCache of key/value layers, got {type(cache).__name__}")
+    return layers
+
+
 def _cache_layers(cache: Any, *, strict: bool = False) -> list[LayerKV] | None:
     """The per-layer (keys, values) of a plain DynamicCache, or None for any other cache.
 
@@ -490,26 +545,15 @@ def _cache_layers(cache: Any, *, strict: bool = False) -> list[LayerKV] | None:
     """
     if not isinstance(cache, DynamicCache):
         return None
-    layers = getattr(cache, "layers", None)
-    if layers is None:  # transformers before the layered caches
-        keys, values = getattr(cache, "key_cache", None), getattr(cache, "value_cache", None)
-        return list(zip(keys, values, strict=True)) if keys is not None and values is not None else None
-    full = _full_attention_layer_class()
     out = []
-    for layer in layers:
-        if strict and type(layer) is not full:
+    for layer in cache.layers:
+        if strict and type(layer) is not DynamicLayer:
             return None
         keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
         if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
             return None
         out.append((keys, values))
     return out or None
-
-
-def _full_attention_layer_class() -> type:
-    from transformers import cache_utils
-
-    return cache_utils.DynamicLayer
 
 
 # -- small helpers ------------------------------------------------------------------
@@ -520,7 +564,8 @@ def _position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
-def _vocab_size(model: Any) -> int:
+def vocab_size(model: Any) -> int:
+    """Token ids the model accepts: the rows of its input embedding."""
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None and hasattr(embeddings, "num_embeddings"):
         return int(embeddings.num_embeddings)

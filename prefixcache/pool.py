@@ -95,7 +95,9 @@ class KVPool:
             vstart = kstart + spec.kv_heads * spec.key_dim
             col = vstart + spec.kv_heads * spec.value_dim
             self._blocks.append((kstart, vstart, col))
-        self._table = torch.empty(capacity, self.width, device=self.device, dtype=dtype)
+        # Zeroed, not just reserved: the memory is taken now rather than page by page
+        # inside requests, and reserved bytes are bytes really held.
+        self._table = torch.zeros(capacity, self.width, device=self.device, dtype=dtype)
         self._free = array("q", range(capacity - 1, -1, -1))  # a stack: alloc pops from the end
 
     # -- sizes --------------------------------------------------------------
@@ -163,16 +165,28 @@ class KVPool:
         idx = torch.frombuffer(slots, dtype=torch.int64)
         return idx.to(self.device, non_blocking=True) if self.device.type != "cpu" else idx
 
-    def gather(self, slots: array) -> list[LayerKV]:
+    @torch.no_grad()
+    def gather(self, slots: array, *, copy: bool = True) -> list[LayerKV]:
         """Read the KV of ``slots``, one ``(key_states, value_states)`` per layer.
 
-        Each tensor is ``[1, kv_heads, len(slots), head_dim]``, freshly copied
-        (one ``index_select`` for all layers; the per-layer tensors are views of it).
+        Each tensor is ``[1, kv_heads, len(slots), head_dim]``: per-layer views of
+        one ``index_select`` of all layers' rows. With ``copy=False`` and slots that
+        are consecutive numbers (a run allocated together), they are views of the
+        pool itself and nothing is copied: the caller must only read them, and only
+        while the slots stay allocated.
         """
-        n = len(slots)
-        rows = self._table.index_select(0, self.index(slots))
+        start = _run_start(slots) if not copy else None
+        rows = (
+            self._table[start : start + len(slots)]
+            if start is not None
+            else self._table.index_select(0, self.index(slots))
+        )
+        return self._split_rows(rows)
+
+    def _split_rows(self, rows: torch.Tensor) -> list[LayerKV]:
+        n = rows.shape[0]
         out: list[LayerKV] = []
-        for spec, (k0, v0, end) in zip(self.layers, self._blocks, strict=False):
+        for spec, (k0, v0, end) in zip(self.layers, self._blocks, strict=True):
             keys = rows[:, k0:v0].view(n, spec.kv_heads, spec.key_dim).transpose(0, 1).unsqueeze(0)
             values = rows[:, v0:end].view(n, spec.kv_heads, spec.value_dim).transpose(0, 1).unsqueeze(0)
             out.append((keys, values))
@@ -202,26 +216,32 @@ class KVPool:
                         f"got {shape}"
                     )
 
+    @torch.no_grad()
     def write(self, slots: array, kv: Sequence[LayerKV], *, start: int = 0, row: int = 0) -> None:
         """Store the KV of ``len(slots)`` tokens into ``slots``.
 
         For every layer, token ``i`` is read at ``kv[layer][k or v][row, :, start + i, :]``,
         so ``kv`` may be a whole batch's cache of which one row and a range of
         positions are kept. Shapes are those :meth:`check_kv` accepts (the caller
-        checks first, before it changes anything).
+        checks first, before it changes anything). Consecutive slots are written in
+        place; others through one ``index_copy_``.
         """
         n = len(slots)
         if n == 0:
             return
-        rows = torch.empty(n, self.width, device=self.device, dtype=self.dtype)
-        for spec, (k0, v0, end), layer in zip(self.layers, self._blocks, kv, strict=False):
-            keys, values = layer[0], layer[1]
-            rows[:, k0:v0].view(n, spec.kv_heads, spec.key_dim).copy_(keys[row, :, start : start + n].transpose(0, 1))
-            rows[:, v0:end].view(n, spec.kv_heads, spec.value_dim).copy_(
-                values[row, :, start : start + n].transpose(0, 1)
-            )
-        self._table.index_copy_(0, self.index(slots), rows)
+        first = _run_start(slots)
+        if first is not None:
+            rows = self._table[first : first + n]
+        else:
+            rows = torch.empty(n, self.width, device=self.device, dtype=self.dtype)
+        for spec, (k0, v0, end), layer in zip(self.layers, self._blocks, kv, strict=True):
+            keys, values = layer[0][row, :, start : start + n], layer[1][row, :, start : start + n]
+            rows[:, k0:v0].view(n, spec.kv_heads, spec.key_dim).copy_(keys.transpose(0, 1))
+            rows[:, v0:end].view(n, spec.kv_heads, spec.value_dim).copy_(values.transpose(0, 1))
+        if first is None:
+            self._table.index_copy_(0, self.index(slots), rows)
 
+    @torch.no_grad()
     def resize(self, budget: int | str, keep: array) -> list[int]:
         """Rebuild the table to fit ``budget``, keeping the data of the slots in ``keep``.
 
@@ -237,7 +257,7 @@ class KVPool:
                 f"budget: {budget!r} holds {capacity} tokens of {self.bytes_per_token} bytes; "
                 f"at least {max(1, len(keep))} are needed"
             )
-        table = torch.empty(capacity, self.width, device=self.device, dtype=self.dtype)
+        table = torch.zeros(capacity, self.width, device=self.device, dtype=self.dtype)
         if keep:
             table[: len(keep)] = self._table.index_select(0, self.index(keep))
         numbers = [-1] * self.capacity
@@ -251,3 +271,14 @@ class KVPool:
     def clear(self) -> None:
         """Mark every slot free (the data stays until overwritten)."""
         self._free = array("q", range(self.capacity - 1, -1, -1))
+
+
+def _run_start(slots: array) -> int | None:
+    """``a`` if ``slots`` are ``a, a + 1, ..., a + n - 1`` (n >= 1), else None. O(n) in C."""
+    n = len(slots)
+    if n == 0:
+        return None
+    first = slots[0]
+    if slots[-1] - first != n - 1 or slots != array("q", range(first, first + n)):
+        return None
+    return first

@@ -149,14 +149,20 @@ def test_left_padded_batch_with_different_hit_lengths(model_type: str) -> None:
 def test_generated_tokens_are_cached_up_to_the_first_eos() -> None:
     model = tiny_model("llama", torch.float64)
     cached = prefixcache.wrap(model, "1MiB")
-    prompt = tokens(torch.Generator().manual_seed(5), 10).unsqueeze(0)
-    out = cached.generate(prompt, max_new_tokens=6, do_sample=False)
-    first_token = int(out[0, 10])
-    cached.cache.clear()
-    # Make the first generated token the end of sequence: only it is cached after the prompt.
-    out = cached.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=first_token)
-    assert out.shape[1] == 11
-    assert cached.cache.stats.cached_tokens == 10  # its KV was never computed
+    g = torch.Generator().manual_seed(5)
+    rows = [tokens(g, 10), tokens(g, 7)]
+    ids, mask = left_pad(rows)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    # Make row 0's second generated token the end of sequence: row 0 stops there and is
+    # fed padding afterwards, while row 1 runs on.
+    eos = int(out[0, 11])
+    assert eos not in out[1, 10:].tolist()
+    got = cached.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    want = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(got, want) and got.shape[1] == 16
+    # Row 0: its prompt and two generated tokens (the second is the end); row 1: its
+    # prompt and the five generated tokens that were fed back.
+    assert cached.cache.stats.cached_tokens == (10 + 2) + (7 + 5)
 
 
 def test_sampling_with_a_seed_matches() -> None:
