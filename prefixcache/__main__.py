@@ -1,0 +1,159 @@
+"""``python -m prefixcache bench``: what prefix caching buys, against the baselines.
+
+python -m prefixcache bench                         # few-shot workload, built-in 58M model
+python -m prefixcache bench --workload all --json out.json --plot out.png
+python -m prefixcache bench --budget 1GiB,64MiB,16MiB   # a budget sweep
+python -m prefixcache bench --model Qwen/Qwen2.5-0.5B --device cuda --dtype bfloat16
+python -m prefixcache bench --quick                 # a smoke test under a minute
+python -m prefixcache demo                          # one cached request, explained
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .budget import parse_budget
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_REQUESTS = {"fewshot": 100, "chat": 40, "unique": 40}
+QUICK_REQUESTS = {"fewshot": 12, "chat": 8, "unique": 6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="prefixcache", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    bench = commands.add_parser("bench", help="run the benchmark")
+    bench.add_argument("--model", help="a local path or hub name (default: the built-in 58M Llama config)")
+    bench.add_argument("--workload", default="fewshot", choices=["fewshot", "chat", "unique", "all"])
+    bench.add_argument("--requests", type=int, help="requests per workload (default: 100 fewshot, 40 chat, 40 unique)")
+    bench.add_argument("--budget", default="1GiB", help="pool budget, or a comma-separated list for a sweep")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--json", type=Path, help="write every figure here")
+    bench.add_argument("--plot", type=Path, help="draw time to first token and hit rate here (PNG)")
+    bench.add_argument("--quick", action="store_true", help="a short smoke run (not a measurement)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo = commands.add_parser("demo", help="one cached request on the built-in model, explained")
+    demo.add_argument("--model", help="a local path or hub name")
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        return run_bench(args, parser)
+    return run_demo(args)
+
+
+def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import hf
+    from .bench import report
+    from .bench.runner import run_workload
+    from .bench.systems import HfManual, Ideal, NoCache, PrefixCached, System
+    from .bench.workloads import make_workload
+
+    budgets = [b.strip() for b in args.budget.split(",") if b.strip()]
+    for budget in budgets:
+        try:
+            parse_budget(budget)
+        except ValueError as err:
+            parser.error(str(err))
+    if args.requests is not None and args.requests < 1:
+        parser.error(f"--requests: expected at least 1, got {args.requests}")
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    torch.manual_seed(args.seed)
+    model = hf.load_model(args.model, dtype=dtype, device=device, seed=args.seed)
+    encode = None
+    if args.model:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    vocab = hf.vocab_size(model)
+    params = sum(p.numel() for p in model.parameters())
+    info = report.machine(device)
+    print(
+        f"prefixcache bench: seed {args.seed}, model {args.model or 'built-in llama'} "
+        f"({params / 1e6:.0f}M parameters), {args.dtype} on {device}"
+    )
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+
+    _warm_up(model, vocab, device)
+    names = ["fewshot", "chat", "unique"] if args.workload == "all" else [args.workload]
+    counts = QUICK_REQUESTS if args.quick else DEFAULT_REQUESTS
+    summaries: dict[str, dict[str, Any]] = {}
+    for name in names:
+        workload = make_workload(
+            name, args.requests or counts[name], seed=args.seed, vocab=vocab, encode=encode, quick=args.quick
+        )
+        systems: list[System] = [NoCache(model), HfManual(model)]
+        for budget in budgets:
+            label = "prefixcache" if len(budgets) == 1 else f"prefixcache[{budget}]"
+            systems.append(PrefixCached(model, budget, name=label))
+        systems.append(Ideal(model))
+        started = time.perf_counter()
+        with _progress(len(workload.requests), name, disable=args.no_progress) as bar:
+            result = run_workload(workload, systems, on_request=lambda _: bar.update(1))
+        summaries[name] = report.summarize(result)
+        print(report.table(name, summaries[name]))
+        print(f"({time.perf_counter() - started:.0f} s)\n")
+    if args.json:
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        report.write_json(args.json, {"config": config, "machine": info, "workloads": summaries})
+        print(f"figures written to {args.json}")
+    if args.plot:
+        report.write_plot(args.plot, summaries)
+        print(f"plot written to {args.plot}")
+    return 0 if all(s["outputs_identical"] for s in summaries.values()) else 1
+
+
+def _warm_up(model: Any, vocab: int, device: torch.device) -> None:
+    """A few untimed requests, so that no system pays for first-call costs."""
+    g = torch.Generator().manual_seed(12345)
+    for n in (64, 256):
+        ids = torch.randint(3, vocab, (1, n), generator=g).to(device)
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False)
+
+
+class _progress:
+    """A tqdm progress bar on stderr (tqdm comes with transformers)."""
+
+    def __init__(self, total: int, name: str, *, disable: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=name, unit="req", disable=disable, file=sys.stderr, leave=False)
+
+    def __enter__(self) -> Any:
+        return self.bar
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from . import hf
+
+    model = hf.load_model(args.model, preset="default")
+    cached = hf.wrap(model, "256MiB")
+    vocab = hf.vocab_size(model)
+    g = torch.Generator().manual_seed(0)
+    header = torch.randint(3, vocab, (1, 500), generator=g)
+    for i in range(3):
+        prompt = torch.cat([header, torch.randint(3, vocab, (1, 40), generator=g)], dim=1)
+        start = time.perf_counter()
+        cached.generate(prompt, max_new_tokens=1, do_sample=False)
+        took = time.perf_counter() - start
+        s = cached.cache.stats
+        print(f"request {i}: {prompt.shape[1]} prompt tokens, {1e3 * took:.0f} ms, hit rate so far {s.hit_rate:.1%}")
+    print(cached)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The benchmark behind ``python -m prefixcache bench``: workloads, systems, runner, report."""

@@ -1,0 +1,164 @@
+"""The benchmark's workloads: seeded streams of requests.
+
+- ``fewshot`` (the default) is shaped like MMLU 5-shot: a few subjects, each with
+  its own instruction and five worked exemplars (the shared header, ~600 tokens),
+  and many questions (~60 tokens each) asked in shuffled order across subjects;
+  one token (the answer letter) is generated per question.
+- ``chat``: conversations that share one system prompt, interleaved turn by turn;
+  each turn's prompt is the whole history so far (earlier user messages and the
+  model's own replies) plus a new user message.
+- ``unique``: prompts that share nothing, the overhead test.
+
+Prompts are token ids drawn from a seeded generator with these lengths; given a
+tokenizer, they are real text built from a seeded word list instead.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["WORKLOADS", "Request", "Workload", "make_workload"]
+
+Encode = Callable[[str], list[int]]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt to send, with what a baseline may be told about it."""
+
+    tokens: tuple[int, ...]
+    """The prompt's own tokens (for a chat turn: the new user message only)."""
+    new_tokens: int
+    """Tokens to generate."""
+    shared_prefix: int
+    """Leading tokens shared with other requests that a user could name in advance
+    (the few-shot header, the system prompt): what ``hf-manual`` is told."""
+    group: int
+    """Requests with the same group share that named prefix."""
+    follows: int | None = None
+    """For a chat turn, the index of the conversation's previous turn: the prompt is
+    that turn's prompt and reply followed by ``tokens``."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    requests: list[Request] = field(repr=False)
+
+
+class _Source:
+    """Token runs of given lengths: random ids, or text of about that many tokens."""
+
+    def __init__(self, rng: random.Random, vocab: int, encode: Encode | None) -> None:
+        self.rng = rng
+        self.vocab = vocab
+        self.encode = encode
+
+    def run(self, n: int) -> list[int]:
+        if self.encode is None:
+            return [self.rng.randrange(3, self.vocab) for _ in range(n)]
+        out: list[int] = []
+        while len(out) < n:
+            words = " ".join(self.rng.choice(_WORDS) for _ in range(12))
+            out += self.encode(" " + words.capitalize() + ".")
+        return out[:n]
+
+
+def fewshot(source: _Source, n_requests: int, *, subjects: int = 4, header: int = 600, question: int = 60) -> Workload:
+    rng = source.rng
+    headers = [source.run(header) for _ in range(subjects)]
+    order = [i % subjects for i in range(n_requests)]
+    rng.shuffle(order)
+    requests = [
+        Request(tuple(headers[s] + source.run(rng.randint(question - 10, question + 10))), 1, header, s) for s in order
+    ]
+    return Workload(
+        "fewshot",
+        f"{subjects} subjects x {header}-token shared header (instruction + 5 exemplars), "
+        f"{n_requests} questions of {question - 10}-{question + 10} tokens in shuffled order, 1 token generated",
+        requests,
+    )
+
+
+def chat(
+    source: _Source, n_requests: int, *, conversations: int = 4, system: int = 300, message: int = 40, reply: int = 16
+) -> Workload:
+    rng = source.rng
+    system_prompt = source.run(system)
+    last: list[int | None] = [None] * conversations
+    requests: list[Request] = []
+    for _ in range(n_requests):
+        c = rng.randrange(conversations)
+        user = source.run(rng.randint(message // 2, message * 3 // 2))
+        if last[c] is None:
+            requests.append(Request(tuple(system_prompt + user), reply, system, 0))
+        else:
+            requests.append(Request(tuple(user), reply, system, 0, follows=last[c]))
+        last[c] = len(requests) - 1
+    return Workload(
+        "chat",
+        f"{conversations} conversations sharing a {system}-token system prompt, turns interleaved at random, "
+        f"{message // 2}-{message * 3 // 2}-token user messages, {reply}-token replies kept in the history",
+        requests,
+    )
+
+
+def unique(source: _Source, n_requests: int, *, length: int = 600) -> Workload:
+    requests = [Request(tuple(source.run(length)), 1, 0, i) for i in range(n_requests)]
+    return Workload("unique", f"{n_requests} prompts of {length} tokens sharing nothing, 1 token generated", requests)
+
+
+WORKLOADS = ("fewshot", "chat", "unique")
+
+
+def make_workload(
+    name: str, n_requests: int, *, seed: int, vocab: int, encode: Encode | None = None, quick: bool = False
+) -> Workload:
+    """Build workload ``name`` of ``n_requests`` requests from ``seed``.
+
+    ``quick`` shortens prompts (a smoke test, not a measurement). Raises
+    ``ValueError`` for an unknown name or fewer than one request.
+    """
+    if n_requests < 1:
+        raise ValueError(f"requests: expected at least 1, got {n_requests}")
+    source = _Source(random.Random(seed), vocab, encode)
+    if name == "fewshot":
+        return fewshot(source, n_requests, header=200 if quick else 600, question=30 if quick else 60)
+    if name == "chat":
+        return chat(source, n_requests, system=100 if quick else 300, reply=4 if quick else 16)
+    if name == "unique":
+        return unique(source, n_requests, length=200 if quick else 600)
+    raise ValueError(f"workload: expected one of {WORKLOADS}, got {name!r}")
+
+
+def prompt_ids(request: Request, history: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The prompt of ``request`` as a ``[1, n]`` tensor; ``history[i]`` is request i's
+    full output (prompt and reply), needed for chat turns."""
+    own = torch.tensor([request.tokens], dtype=torch.long)
+    if request.follows is None:
+        return own
+    return torch.cat([history[request.follows], own], dim=1)
+
+
+_WORD_TEXT = """
+the a of to and in is that for it as was with be by on not he this are or his from at which but have an they
+you were her she there been one all we their has would when if so no will more out up into do any your what
+some can only other new time could about than them these may first then two like over such our its also after
+most used made many before must through back years where much way well down should because each just those
+people how too little state good very make world still own see men work long get here between both life being
+under never day same another know while last might us great old year off come since against go came right take
+three place himself few house use during without again home around however small found thought went say part
+once general high upon school every don does got united left number course war until always away something
+fact though water less public put think almost hand enough far took head yet government system better set told
+nothing night end why called didn eyes find going look asked later knew point next program city business give
+group toward young days let room president side social given present several order national possible rather
+second face per among form important often things looked early white case john become large big need four
+within felt along children saw best church ever least power development light thing seemed family interest
+want members mind country area others done turned although open god service problem certain
+"""
+_WORDS = tuple(_WORD_TEXT.split())
