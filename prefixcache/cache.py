@@ -104,7 +104,8 @@ def as_tokens(tokens: object, name: str = "tokens") -> array:
         try:
             run = array("i", map(operator.index, tokens))
         except OverflowError:
-            raise ValueError(f"{name}: token ids must be in [0, {_INT32_MAX}], got {max(tokens)}") from None
+            bad = next(t for t in map(operator.index, tokens) if not 0 <= t <= _INT32_MAX)
+            raise ValueError(f"{name}: token ids must be in [0, {_INT32_MAX}], got {bad}") from None
     if run and min(run) < 0:
         raise ValueError(f"{name}: token ids must be in [0, {_INT32_MAX}], got {min(run)}")
     return run

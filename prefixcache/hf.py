@@ -206,8 +206,8 @@ class CachedModel:
         if input_ids is None:
             input_ids = kwargs.pop("inputs", None)  # model.generate's name for it
         if kwargs.get("past_key_values") is not None:  # the caller manages the cache: hands off
-            if isinstance(input_ids, torch.Tensor):
-                self._cache.record_pass_through(input_ids.numel(), input_ids.shape[0] if input_ids.dim() > 1 else 1)
+            ids, _ = self._check_ids(input_ids)
+            self._cache.record_pass_through(ids.numel(), ids.shape[0])
             return self.model.generate(input_ids, attention_mask=attention_mask, **kwargs)
         reason = self._pass_through_reason(kwargs)
         batch = self._validate(input_ids, attention_mask, infer_mask_from=kwargs)
@@ -302,15 +302,14 @@ class CachedModel:
 
     # -- input checks ------------------------------------------------------
 
-    def _validate(self, input_ids: Any, attention_mask: Any, infer_mask_from: dict[str, Any] | None = None) -> _Batch:
+    def _check_ids(self, input_ids: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` as [batch, seq] on the model's device, and a CPU copy; or a clear error."""
         if not isinstance(input_ids, torch.Tensor):
             raise TypeError(f"input_ids: expected a torch.Tensor of token ids, got {type(input_ids).__name__}")
-        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-            raise TypeError(f"input_ids: expected an integer tensor, got dtype {input_ids.dtype}")
+        if input_ids.dtype not in (torch.int64, torch.int32):  # what an embedding accepts as indices
+            raise TypeError(f"input_ids: expected an int64 or int32 tensor, got dtype {input_ids.dtype}")
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
-            if attention_mask is not None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 1:
-                attention_mask = attention_mask.unsqueeze(0)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids: expected shape [batch, seq] or [seq], got {list(input_ids.shape)}")
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
@@ -318,10 +317,22 @@ class CachedModel:
         device = self.device
         if input_ids.device != device:
             raise ValueError(f"input_ids: on {input_ids.device}, but the model is on {device}; move it there first")
-        low, high = int(input_ids.min()), int(input_ids.max())
+        cpu_ids = input_ids.cpu()  # one transfer; every check below runs on the CPU copy
+        low, high = int(cpu_ids.min()), int(cpu_ids.max())
         if low < 0 or high >= self._vocab:
             bad = low if low < 0 else high
             raise ValueError(f"input_ids: token id {bad} is outside the vocabulary [0, {self._vocab})")
+        return input_ids, cpu_ids
+
+    def _validate(self, input_ids: Any, attention_mask: Any, infer_mask_from: dict[str, Any] | None = None) -> _Batch:
+        if (
+            isinstance(input_ids, torch.Tensor)
+            and input_ids.dim() == 1
+            and isinstance(attention_mask, torch.Tensor)
+            and attention_mask.dim() == 1
+        ):
+            attention_mask = attention_mask.unsqueeze(0)
+        input_ids, cpu_ids = self._check_ids(input_ids)
         if attention_mask is None:
             attention_mask = self._default_mask(input_ids, infer_mask_from)
         elif not isinstance(attention_mask, torch.Tensor):
@@ -330,19 +341,19 @@ class CachedModel:
             raise ValueError(
                 f"attention_mask: shape {list(attention_mask.shape)} does not match input_ids {list(input_ids.shape)}"
             )
-        if attention_mask.device != device:
-            raise ValueError(f"attention_mask: on {attention_mask.device}, but the model is on {device}")
+        if attention_mask.device != self.device:
+            raise ValueError(f"attention_mask: on {attention_mask.device}, but the model is on {self.device}")
         if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
             raise TypeError(
                 f"attention_mask: expected an integer or bool tensor of 0 and 1, got {attention_mask.dtype}"
             )
-        mask = attention_mask.to(torch.long)
+        mask = attention_mask.to("cpu", torch.long)
         if ((mask != 0) & (mask != 1)).any():
             raise ValueError("attention_mask: values must be 0 or 1")
         # Left padding only: each row is some zeros, then ones to the end.
         ones = mask.sum(dim=1)
         width = mask.shape[1]
-        expected = (torch.arange(width, device=mask.device).unsqueeze(0) >= (width - ones).unsqueeze(1)).long()
+        expected = (torch.arange(width).unsqueeze(0) >= (width - ones).unsqueeze(1)).long()
         if not torch.equal(mask, expected):
             bad_row = int((mask != expected).any(dim=1).nonzero()[0])
             kind = "right padding" if mask[bad_row, -1] == 0 else "a hole"
@@ -353,7 +364,6 @@ class CachedModel:
         if (ones == 0).any():
             raise ValueError(f"attention_mask: row {int((ones == 0).nonzero()[0])} is all padding (an empty prompt)")
         pads = tuple(int(p) for p in (width - ones).tolist())
-        cpu_ids = input_ids.cpu()
         rows = tuple(cpu_ids[r, pad:] for r, pad in enumerate(pads))
         return _Batch(input_ids, attention_mask, pads, rows)
 

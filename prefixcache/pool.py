@@ -43,6 +43,35 @@ class LayerSpec(NamedTuple):
         return self.kv_heads * (self.key_dim + self.value_dim)
 
 
+def _layer_specs(layers: object) -> list[LayerSpec]:
+    """``layers`` as LayerSpecs, each three positive ints, or a clear error naming the bad one."""
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        raise TypeError(f"layers: expected a sequence of (kv_heads, key_dim, value_dim), got {layers!r}")
+    if not layers:
+        raise ValueError("layers: expected at least one LayerSpec, got none")
+    specs = []
+    for i, spec in enumerate(layers):
+        if isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence):
+            raise TypeError(f"layers[{i}]: expected (kv_heads, key_dim, value_dim), got {spec!r}")
+        if len(spec) != 3:
+            raise ValueError(f"layers[{i}]: expected three sizes (kv_heads, key_dim, value_dim), got {spec!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in spec):
+            raise ValueError(f"layers[{i}]: every size must be a positive int, got {tuple(spec)!r}")
+        specs.append(LayerSpec(*spec))
+    return specs
+
+
+def _as_device(device: object) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, (str, int)) or isinstance(device, bool):
+        raise TypeError(f"device: expected a torch.device or a str such as 'cpu' or 'cuda:0', got {device!r}")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device: {device!r} is not a device torch knows ({err})") from None
+
+
 class KVPool:
     """A fixed number of token slots of KV for every layer, and a free list.
 
@@ -67,16 +96,11 @@ class KVPool:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        specs = [LayerSpec(*spec) for spec in layers]
-        if not specs:
-            raise ValueError("layers: expected at least one LayerSpec, got none")
-        for i, spec in enumerate(specs):
-            if min(spec) < 1 or not all(isinstance(v, int) for v in spec):
-                raise ValueError(f"layers[{i}]: every size must be a positive int, got {spec}")
+        specs = _layer_specs(layers)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
         self.layers: tuple[LayerSpec, ...] = tuple(specs)
-        self.device = torch.device(device)
+        self.device = _as_device(device)
         self.dtype = dtype
         self.width = sum(spec.width for spec in specs)
         self.bytes_per_token = self.width * dtype.itemsize

@@ -94,7 +94,7 @@ def cached() -> prefixcache.CachedModel:
 BAD_INPUTS: list[tuple[str, Any, Any, type[Exception], str]] = [
     ("empty", torch.zeros(1, 0, dtype=torch.long), None, ValueError, "empty"),
     ("empty batch", torch.zeros(0, 4, dtype=torch.long), None, ValueError, "empty"),
-    ("floats", torch.rand(1, 4), None, TypeError, "integer"),
+    ("floats", torch.rand(1, 4), None, TypeError, "int64 or int32"),
     ("3-D", torch.zeros(1, 2, 3, dtype=torch.long), None, ValueError, r"\[batch, seq\]"),
     ("a list", [[1, 2, 3]], None, TypeError, "torch.Tensor"),
     ("negative id", torch.tensor([[3, -1, 4]]), None, ValueError, "vocabulary"),
