@@ -13,20 +13,35 @@ pins it, reads its KV (``gather``), computes the rest, stores what is new
 from __future__ import annotations
 
 import operator
+import os
 import threading
 from array import array
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from .pool import KVPool, LayerKV, LayerSpec
-from .radix import Node, RadixTree
+from .radix import DEVICE, HOST, Node, RadixTree
 from .stats import CacheStats, Counters
 
-__all__ = ["Hit", "PrefixCache"]
+__all__ = ["Hit", "PrefixCache", "SavedNode"]
+
+
+class SavedNode(NamedTuple):
+    """One node of the tree as :meth:`PrefixCache.save` writes it."""
+
+    parent: int
+    """Index of the parent node in the exported list; -1 under the namespace's root."""
+    namespace: Hashable
+    tokens: array
+    """The edge's token ids (``array('i')``)."""
+    rows: torch.Tensor
+    """``[len(tokens), pool.width]`` KV rows on the CPU, in the pool's dtype."""
+    tick: int
+    """Last access; larger is more recent."""
 
 
 class _Lease:
@@ -163,8 +178,16 @@ class PrefixCache:
     """Cached KV of token prefixes, bounded by a byte budget, safe to share between threads.
 
     ``layers`` gives each layer's KV shape for one token, ``budget`` the bytes the
-    pool may take (``"4GiB"``, ``"512MB"``, an int). All methods take one lock;
-    none of them runs a model.
+    pool on ``device`` may take (``"4GiB"``, ``"512MB"``, an int). All methods take
+    one lock; none of them runs a model.
+
+    ``host_budget`` adds a second tier: KV evicted from the device pool moves to a
+    pool in host memory (page-locked when the device is a GPU) instead of being
+    dropped, and moves back when a request reaches it; that pool drops its least
+    recently used nodes in turn. ``host_dtype`` stores the host tier in another
+    dtype (``torch.int8``: quantized with a scale per token, head and layer, about
+    a quarter of float32's bytes; it changes outputs slightly). ``ttl`` (seconds)
+    drops entries not used for that long, checked on each request.
     """
 
     def __init__(
@@ -174,18 +197,35 @@ class PrefixCache:
         *,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        host_budget: int | str | None = None,
+        host_dtype: torch.dtype | None = None,
+        ttl: float | None = None,
     ) -> None:
         self._pool = KVPool(layers, budget, device=device, dtype=dtype)
+        self._host: KVPool | None = None
+        if host_budget is not None:
+            self._host = _host_pool(self._pool, host_budget, host_dtype)
+        elif host_dtype is not None:
+            raise ValueError(f"host_dtype: {host_dtype!r} given without a host_budget; give one to use a host tier")
+        self._ttl_ns = _ttl_ns(ttl)
         self._tree = RadixTree()
         self._lock = threading.RLock()
         self._counters = Counters()
+        self._user_pins: dict[tuple[Hashable, bytes], list[Node]] = {}
+        self.fingerprint: str | None = None
+        """Identifies the model whose KV this is (``wrap`` sets it); saved files carry it."""
 
     # -- properties ---------------------------------------------------------
 
     @property
     def pool(self) -> KVPool:
-        """The KV pool (read its shape; do not alloc or free behind the cache)."""
+        """The KV pool on the device (read its shape; do not alloc or free behind the cache)."""
         return self._pool
+
+    @property
+    def host_pool(self) -> KVPool | None:
+        """The host tier's pool, or None without one."""
+        return self._host
 
     @property
     def tree(self) -> RadixTree:
@@ -196,7 +236,7 @@ class PrefixCache:
     def stats(self) -> CacheStats:
         """A snapshot of the counters."""
         with self._lock:
-            c, tree, pool = self._counters, self._tree, self._pool
+            c, tree, pool, host = self._counters, self._tree, self._pool, self._host
             return CacheStats(
                 requests=c.requests,
                 prompt_tokens=c.prompt_tokens,
@@ -204,13 +244,32 @@ class PrefixCache:
                 inserted_tokens=c.inserted_tokens,
                 evicted_tokens=c.evicted_tokens,
                 passed_through=c.passed_through,
-                cached_tokens=tree.size,
+                cached_tokens=tree.tier_size(DEVICE),
                 pinned_tokens=tree.pinned_size,
                 capacity_tokens=pool.capacity,
                 bytes_used=pool.n_used * pool.bytes_per_token,
                 bytes_reserved=pool.reserved_bytes,
                 nodes=tree.n_nodes,
+                host_hit_tokens=c.host_hit_tokens,
+                host_cached_tokens=tree.tier_size(HOST),
+                host_capacity_tokens=host.capacity if host is not None else 0,
+                host_bytes_used=host.n_used * host.bytes_per_token if host is not None else 0,
+                host_bytes_reserved=host.reserved_bytes if host is not None else 0,
+                demoted_tokens=c.demoted_tokens,
+                promoted_tokens=c.promoted_tokens,
+                bytes_to_host=c.bytes_to_host,
+                bytes_to_device=c.bytes_to_device,
+                expired_tokens=c.expired_tokens,
+                user_pinned_tokens=self._user_pinned_tokens(),
             )
+
+    def cached_length(self, tokens: Sequence[int] | torch.Tensor, *, namespace: Hashable = None) -> int:
+        """How many leading ``tokens`` are cached (in either tier), without counting a
+        request or touching anything. O(len(tokens))."""
+        toks = as_tokens(tokens)
+        check_namespace(namespace)
+        with self._lock:
+            return self._tree.peek(toks, namespace)
 
     # -- a request ----------------------------------------------------------
 
@@ -219,8 +278,11 @@ class PrefixCache:
     ) -> Hit:
         """Find and pin the longest cached prefix of ``tokens`` (at most ``max_length`` long).
 
-        Counts one request of ``len(tokens)`` prompt tokens. The result must be
-        released (``with`` or :meth:`Hit.release`). O(len(tokens) + log n).
+        KV of the prefix found in the host tier is first copied back to the device
+        (moving other device KV out as needed); if the device cannot take all of
+        it, the hit ends where the device part ends. Counts one request of
+        ``len(tokens)`` prompt tokens. The result must be released (``with`` or
+        :meth:`Hit.release`). O(len(tokens) + log n) plus the copies.
         Raises ``TypeError``/``ValueError`` for bad tokens, namespace or max_length.
         """
         toks = as_tokens(tokens)
@@ -229,13 +291,28 @@ class PrefixCache:
             check_count(max_length, "max_length")
         look = toks if max_length is None or max_length >= len(toks) else toks[:max_length]
         with self._lock:
-            found = self._tree.match(look, namespace)
-            self._tree.pin(found.node)
+            self._expire_locked()
+            tree = self._tree
+            found = tree.match(look, namespace)
+            node, length, from_host = found.node, found.length, 0
+            tree.pin(node)
+            if node is not None and node.tier == HOST:
+                try:
+                    top, from_host = self._promote(node)
+                    if top is not node:  # the device could not take it all: serve what is there
+                        tree.pin(top)
+                        tree.unpin(node)
+                        node, length = top, _path_length(top)
+                        from_host = min(from_host, length)
+                except BaseException:
+                    tree.unpin(node)
+                    raise
             c = self._counters
             c.requests += 1
             c.prompt_tokens += len(toks)
-            c.hit_tokens += found.length
-        return Hit(found.length, namespace, self, _Lease(found.node))
+            c.hit_tokens += length
+            c.host_hit_tokens += from_host
+        return Hit(length, namespace, self, _Lease(node))
 
     def gather(self, hit: Hit, length: int | None = None, *, copy: bool = True) -> list[LayerKV]:
         """The KV of ``hit``'s first ``length`` tokens (all of them by default): per layer
@@ -291,31 +368,43 @@ class PrefixCache:
         check_count(offset, "offset")
         check_count(row, "row")
         check_kv(kv, self._pool, positions=offset + len(toks), row=row)
+
+        def write(slots: array, first: int) -> None:
+            self._pool.write(slots, kv, start=offset + first, row=row)
+
         with self._lock:
-            tree, pool = self._tree, self._pool
-            found = tree.match(toks, namespace)
-            new = len(toks) - found.length
-            if new == 0:
+            self._expire_locked()
+            return self._store(toks, namespace, write)
+
+    def _store(self, toks: array, namespace: Hashable, write: Callable[[array, int], None]) -> int:
+        """Store the uncached rest of ``toks``: ``write(slots, first)`` fills ``slots`` with the
+        KV of tokens ``first, first + 1, ...``. Holds the lock. Returns tokens stored."""
+        tree, pool = self._tree, self._pool
+        found = tree.match(toks, namespace)
+        new = len(toks) - found.length
+        if new == 0:
+            return 0
+        tree.pin(found.node)  # keep the path while making room
+        try:
+            if found.node is not None and found.node.tier == HOST and self._promote(found.node)[0] is not found.node:
+                return 0  # the cached part could not come back to the device: nothing to attach to
+            if new > pool.n_free:
+                self._free_device(new - pool.n_free)
+            fits = min(new, pool.n_free)
+            if fits == 0:
                 return 0
-            tree.pin(found.node)  # keep the path while making room
+            slots = pool.alloc(fits)
             try:
-                if new > pool.n_free:
-                    self._evict_locked(new - pool.n_free)
-                fits = min(new, pool.n_free)
-                if fits == 0:
-                    return 0
-                slots = pool.alloc(fits)
-                try:
-                    pool.write(slots, kv, start=offset + found.length, row=row)
-                    done = tree.insert(toks[: found.length + fits], found.slots + slots, namespace)
-                except BaseException:
-                    pool.free(slots)
-                    raise
-                assert done.prefix_length == found.length
-            finally:
-                tree.unpin(found.node)
-            self._counters.inserted_tokens += fits
-            return fits
+                write(slots, found.length)
+                done = tree.insert(toks[: found.length + fits], found.slots + slots, namespace)
+            except BaseException:
+                pool.free(slots)
+                raise
+            assert done.prefix_length == found.length
+        finally:
+            tree.unpin(found.node)
+        self._counters.inserted_tokens += fits
+        return fits
 
     def _release(self, lease: _Lease) -> None:
         with self._lock:
@@ -323,32 +412,200 @@ class PrefixCache:
                 lease.released = True
                 self._tree.unpin(lease.node)
 
+    # -- pinning and expiry -------------------------------------------------
+
+    def pin(self, tokens: Sequence[int] | torch.Tensor, *, namespace: Hashable = None) -> None:
+        """Keep the cached ``tokens`` (a system prompt, say) on the device until :meth:`unpin`.
+
+        Pins nest. The tokens must all be cached (``warm`` or a request stores them);
+        pinned KV is never evicted, moved to the host tier or expired. Raises
+        ``ValueError`` (cache unchanged) when they are not cached, and when they
+        would not fit on the device beside what is pinned already: pinned bytes never
+        exceed the budget.
+        """
+        toks = as_tokens(tokens)
+        check_namespace(namespace)
+        if not toks:
+            raise ValueError("tokens: empty; give the token ids of a cached prefix")
+        with self._lock:
+            tree = self._tree
+            cached = tree.peek(toks, namespace)
+            if cached < len(toks):
+                raise ValueError(
+                    f"tokens: only {cached} of their {len(toks)} tokens are cached in namespace {namespace!r}; "
+                    "store them first (CachedModel.warm, or a request)"
+                )
+            found = tree.match(toks, namespace)
+            node = found.node
+            assert node is not None
+            tree.pin(node)
+            if node.tier == HOST and self._promote(node)[0] is not node:
+                tree.unpin(node)
+                raise ValueError(
+                    f"tokens: {len(toks)} tokens do not fit on the device beside the {tree.pinned_size} pinned "
+                    f"there (the pool holds {self._pool.capacity}); pinned bytes cannot exceed the budget"
+                )
+            self._user_pins.setdefault((namespace, toks.tobytes()), []).append(node)
+
+    def unpin(self, tokens: Sequence[int] | torch.Tensor, *, namespace: Hashable = None) -> None:
+        """Undo one :meth:`pin` of the same ``tokens`` and ``namespace``.
+
+        Raises ``ValueError`` when they are not pinned."""
+        toks = as_tokens(tokens)
+        check_namespace(namespace)
+        with self._lock:
+            key = (namespace, toks.tobytes())
+            nodes = self._user_pins.get(key)
+            if not nodes:
+                raise ValueError(f"tokens: these {len(toks)} tokens are not pinned in namespace {namespace!r}")
+            self._tree.unpin(nodes.pop())
+            if not nodes:
+                del self._user_pins[key]
+
+    def _user_pinned_tokens(self) -> int:
+        seen: set[int] = set()
+        total = 0
+        for nodes in self._user_pins.values():
+            for node in nodes[:1]:
+                cur: Node | None = node
+                while cur is not None and cur.parent is not None and id(cur) not in seen:
+                    seen.add(id(cur))
+                    total += len(cur.key)
+                    cur = cur.parent
+        return total
+
+    def expire(self) -> int:
+        """Drop what has not been used for ``ttl`` seconds now (requests do this too). Returns tokens dropped."""
+        with self._lock:
+            return self._expire_locked()
+
+    def _expire_locked(self) -> int:
+        if self._ttl_ns is None:
+            return 0
+        tree = self._tree
+        cutoff = tree.now() - self._ttl_ns
+        dropped = 0
+        for tier in (HOST, DEVICE):  # host nodes are older than the device node above them
+            victim = tree.victim(tier)
+            while victim is not None and victim.tick < cutoff:
+                dropped += self._drop(victim)
+                victim = tree.victim(tier)
+        self._counters.expired_tokens += dropped
+        return dropped
+
     # -- memory -------------------------------------------------------------
 
     def evict(self, n_tokens: int) -> int:
-        """Drop at least ``n_tokens`` tokens of unpinned KV, least recently used leaves first,
-        or everything unpinned if there is less. Returns the tokens dropped; ``evict(0)`` does nothing."""
+        """Free at least ``n_tokens`` device slots, least recently used first, or all that can be.
+
+        With a host tier the KV moves there; without one it is dropped. Returns the
+        device tokens freed; ``evict(0)`` does nothing."""
         check_count(n_tokens, "n_tokens")
         with self._lock:
-            return self._evict_locked(n_tokens)
+            return self._free_device(n_tokens)
 
-    def _evict_locked(self, n_tokens: int) -> int:
-        out = self._tree.evict(n_tokens)
+    def _free_device(self, n_tokens: int) -> int:
+        """Move least recently used device nodes to the host tier (or drop them) until
+        ``n_tokens`` device slots are freed or nothing more can go."""
+        tree, pool, host, c = self._tree, self._pool, self._host, self._counters
+        freed = 0
+        while freed < n_tokens:
+            victim = tree.victim(DEVICE)
+            if victim is None:
+                break
+            n = len(victim.key)
+            if host is not None and self._host_room(n):
+                slots = host.alloc(n)
+                try:
+                    host.write_rows(slots, pool.read_rows(victim.slots))
+                except BaseException:
+                    host.free(slots)
+                    raise
+                old = victim.slots
+                tree.move(victim, HOST, slots)
+                pool.free(old)
+                c.demoted_tokens += n
+                c.bytes_to_host += n * pool.bytes_per_token
+            else:
+                self._drop(victim)
+            freed += n
+        return freed
+
+    def _host_room(self, n: int) -> bool:
+        """Drop least recently used host leaves until ``n`` host slots are free; False if they cannot be."""
+        host, tree = self._host, self._tree
+        assert host is not None
+        if n > host.capacity:
+            return False
+        while host.n_free < n:
+            victim = tree.victim(HOST)
+            if victim is None:
+                return False
+            self._drop(victim)
+        return True
+
+    def _promote(self, node: Node) -> tuple[Node | None, int]:
+        """Copy the host part of ``node``'s (pinned) path back to the device, top down, while
+        the device can take it. Returns the deepest node of the path now on the device
+        (None: not even the first) and the tokens moved."""
+        tree, pool, host, c = self._tree, self._pool, self._host, self._counters
+        assert host is not None
+        on_host: list[Node] = []
+        cur = node
+        while cur.tier == HOST:
+            on_host.append(cur)
+            assert cur.parent is not None
+            cur = cur.parent
+        top: Node | None = cur if cur.parent is not None else None
+        moved = 0
+        for up in reversed(on_host):
+            n = len(up.key)
+            if pool.n_free < n:
+                self._free_device(n - pool.n_free)  # the path is pinned: none of it goes
+            if pool.n_free < n:
+                break
+            slots = pool.alloc(n)
+            try:
+                pool.write_rows(slots, host.read_rows(up.slots))
+            except BaseException:
+                pool.free(slots)
+                raise
+            old = up.slots
+            tree.move(up, DEVICE, slots)
+            host.free(old)
+            top = up
+            moved += n
+            c.promoted_tokens += n
+            c.bytes_to_device += n * pool.bytes_per_token
+        return top, moved
+
+    def _drop(self, node: Node) -> int:
+        """Remove ``node`` and its subtree from the cache, freeing their slots in both tiers."""
+        out = self._tree.drop(node)
         self._pool.free(out.slots)
+        if self._host is not None:
+            self._host.free(out.host_slots)
         self._counters.evicted_tokens += out.n_tokens
         return out.n_tokens
 
     def clear(self) -> int:
-        """Drop every unpinned token (pinned prefixes stay until released). Returns the tokens dropped."""
+        """Drop every unpinned token in both tiers (pinned prefixes stay). Returns the tokens dropped."""
         with self._lock:
-            return self._evict_locked(self._tree.evictable_size)
+            dropped = 0
+            for tier in (HOST, DEVICE):
+                victim = self._tree.victim(tier)
+                while victim is not None:
+                    dropped += self._drop(victim)
+                    victim = self._tree.victim(tier)
+            return dropped
 
-    def resize(self, budget: int | str) -> None:
-        """Give the pool a new byte budget.
+    def resize(self, budget: int | str, host_budget: int | str | None = None) -> None:
+        """Give the device pool (and, with ``host_budget``, the host pool) a new byte budget.
 
-        Shrinking evicts least recently used leaves until the rest fits; it never
-        drops pinned tokens, and raises ``ValueError`` (cache unchanged) when they
-        alone exceed the new budget. Kept KV is moved into the new pool.
+        Shrinking moves least recently used KV to the host tier, or drops it, until
+        the rest fits; it never drops pinned tokens, and raises ``ValueError`` (cache
+        unchanged) when they alone exceed the new budget. Kept KV is moved into the
+        new pool. ``host_budget`` on a cache without a host tier adds one.
         """
         with self._lock:
             pool, tree = self._pool, self._tree
@@ -361,14 +618,82 @@ class PrefixCache:
             if capacity < tree.pinned_size:
                 raise ValueError(
                     f"budget: {budget!r} holds {capacity} tokens of {pool.bytes_per_token} bytes, "
-                    f"but {tree.pinned_size} tokens are pinned by requests in flight; give at least "
+                    f"but {tree.pinned_size} tokens are pinned; give at least "
                     f"{max(1, tree.pinned_size) * pool.bytes_per_token} bytes"
                 )
-            if tree.size > capacity:
-                self._evict_locked(tree.size - capacity)
-            keep = array("q", tree.owned_slots())
+            host = self._host
+            if host_budget is not None:
+                if host is None:
+                    self._host = _host_pool(pool, host_budget, None)
+                else:
+                    host_capacity = host.capacity_for(host_budget)
+                    if host_capacity < 1:
+                        raise ValueError(
+                            f"host_budget: {host_budget!r} is smaller than one token of KV "
+                            f"({host.bytes_per_token} bytes)"
+                        )
+                    victim = tree.victim(HOST)
+                    while tree.tier_size(HOST) > host_capacity and victim is not None:
+                        self._drop(victim)
+                        victim = tree.victim(HOST)
+                    tree.relabel_slots(host.resize(host_budget, array("q", tree.owned_slots(HOST))), HOST)
+            if tree.tier_size(DEVICE) > capacity:
+                self._free_device(tree.tier_size(DEVICE) - capacity)
+            keep = array("q", tree.owned_slots(DEVICE))
             numbers = pool.resize(budget, keep)
-            tree.relabel_slots(numbers)
+            tree.relabel_slots(numbers, DEVICE)
+
+    # -- saving and loading -------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write every cached prefix and its KV to ``path`` (one safetensors file), atomically.
+
+        The file records :attr:`fingerprint` (set by ``wrap`` from the model) so that
+        :meth:`load` can refuse a file made with another model. See ``prefixcache.persist``.
+        """
+        from .persist import save
+
+        save(self, path)
+
+    def load(self, path: str | os.PathLike[str]) -> int:
+        """Add the prefixes saved in ``path`` to this cache; returns the tokens stored.
+
+        The whole file is read and checked (format, checksums, the model's fingerprint,
+        layer shapes) before anything changes: a file that fails any check raises
+        ``ValueError`` and leaves the cache as it was.
+        """
+        from .persist import load
+
+        return load(self, path)
+
+    def _export_nodes(self) -> list[SavedNode]:
+        """Every node, parents before children, with its KV rows copied to the CPU."""
+        with self._lock:
+            index: dict[int, int] = {}
+            out: list[SavedNode] = []
+            for node in self._tree.iter_nodes():
+                parent = node.parent
+                assert parent is not None
+                index[id(node)] = len(out)
+                pool = self._pool if node.tier == DEVICE else self._host
+                assert pool is not None
+                rows = pool.read_rows(node.slots).to("cpu", self._pool.dtype)
+                out.append(
+                    SavedNode(index.get(id(parent), -1), self._tree.namespace_of(node), node.key, rows, node.tick)
+                )
+            return out
+
+    def _import_path(self, tokens: array, rows: torch.Tensor, namespace: Hashable = None) -> int:
+        """Store ``rows`` (``rows[i]`` the KV row of ``tokens[i]``) for the part of ``tokens``
+        not cached yet, making room as :meth:`insert` does. Returns the tokens stored."""
+        if rows.shape != (len(tokens), self._pool.width):
+            raise ValueError(f"rows: expected shape [{len(tokens)}, {self._pool.width}], got {list(rows.shape)}")
+
+        def write(slots: array, first: int) -> None:
+            self._pool.write_rows(slots, rows[first : first + len(slots)])
+
+        with self._lock:
+            return self._store(tokens, namespace, write)
 
     # -- helpers ------------------------------------------------------------
 
@@ -384,18 +709,53 @@ class PrefixCache:
         return slots
 
     def _check(self) -> None:
-        """Assert every invariant of the tree, the pool and their bookkeeping. O(n)."""
+        """Assert every invariant of the tree, both pools and their bookkeeping. O(n)."""
         with self._lock:
-            tree, pool = self._tree, self._pool
+            tree = self._tree
             tree._check()
-            owned = list(tree.owned_slots())
-            free = list(pool.free_slots())
-            assert len(set(owned)) == len(owned), "a slot is owned twice"
-            assert len(set(free)) == len(free), "a slot is free twice"
-            assert not set(owned) & set(free), "a slot is both owned and free"
-            assert len(owned) + len(free) == pool.capacity, (
-                f"{len(owned)} owned + {len(free)} free slots != capacity {pool.capacity}: a slot leaked"
-            )
-            assert set(owned) | set(free) == set(range(pool.capacity)), "a slot number is out of range"
-            assert pool.n_used == tree.size, "pool use and tree size disagree"
-            assert pool.reserved_bytes <= pool.budget, "the pool reserves more than its budget"
+            for tier, pool in ((DEVICE, self._pool), (HOST, self._host)):
+                if pool is None:
+                    assert tree.tier_size(tier) == 0, "KV on the host tier of a cache without one"
+                    continue
+                owned = list(tree.owned_slots(tier))
+                free = list(pool.free_slots())
+                where = "device" if tier == DEVICE else "host"
+                assert len(set(owned)) == len(owned), f"a {where} slot is owned twice"
+                assert len(set(free)) == len(free), f"a {where} slot is free twice"
+                assert not set(owned) & set(free), f"a {where} slot is both owned and free"
+                assert len(owned) + len(free) == pool.capacity, (
+                    f"{len(owned)} owned + {len(free)} free {where} slots != capacity {pool.capacity}: a slot leaked"
+                )
+                assert set(owned) | set(free) == set(range(pool.capacity)), f"a {where} slot number is out of range"
+                assert pool.n_used == tree.tier_size(tier), f"{where} pool use and tree size disagree"
+                assert pool.reserved_bytes <= pool.budget, f"the {where} pool reserves more than its budget"
+            for nodes in self._user_pins.values():
+                assert nodes and all(node.pins > 0 and node.tier == DEVICE for node in nodes), "a user pin was lost"
+
+
+def _path_length(node: Node | None) -> int:
+    n = 0
+    while node is not None and node.parent is not None:
+        n += len(node.key)
+        node = node.parent
+    return n
+
+
+def _ttl_ns(ttl: object) -> int | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0 or ttl == float("inf"):
+        raise ValueError(f"ttl: expected a number of seconds > 0 (or None for no expiry), got {ttl!r}")
+    return max(1, int(ttl * 1e9))
+
+
+def _host_pool(pool: KVPool, host_budget: int | str, host_dtype: torch.dtype | None) -> KVPool:
+    """The host tier's pool for ``pool``: same layers, in host memory."""
+    pin = pool.device.type == "cuda"
+    if host_dtype == torch.int8:
+        from .quant import QuantizedKVPool
+
+        return QuantizedKVPool(pool.layers, host_budget, pin_memory=pin)
+    if host_dtype is not None and (not isinstance(host_dtype, torch.dtype) or not host_dtype.is_floating_point):
+        raise TypeError(f"host_dtype: expected None, torch.int8 or a floating-point torch.dtype, got {host_dtype!r}")
+    return KVPool(pool.layers, host_budget, device="cpu", dtype=host_dtype or pool.dtype, pin_memory=pin)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import threading
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .cache import Hit, PrefixCache, check_namespace
+from .cache import Hit, PrefixCache, as_tokens, check_namespace
 from .errors import UnsupportedModelError
 from .pool import LayerKV, LayerSpec
 
@@ -78,19 +79,32 @@ class _Batch:
     rows: tuple[torch.Tensor, ...]  # row r's tokens without padding, on the CPU
 
 
-def wrap(model: Any, budget: int | str = DEFAULT_BUDGET, *, check: bool = True) -> CachedModel:
+def wrap(
+    model: Any,
+    budget: int | str = DEFAULT_BUDGET,
+    *,
+    host_budget: int | str | None = None,
+    host_dtype: torch.dtype | None = None,
+    ttl: float | None = None,
+    load: str | os.PathLike[str] | None = None,
+    check: bool = True,
+) -> CachedModel:
     """Put a prefix cache in front of a transformers causal language model.
 
     The KV pool takes ``budget`` bytes (``"4GiB"``, ``"512MB"``, an int) on the
     device and in the dtype of the model's KV, which a short forward pass reads,
-    together with every layer's shape. Raises :class:`UnsupportedModelError` for a
+    together with every layer's shape. ``host_budget`` adds a host-memory tier
+    that KV evicted from the device moves to (``host_dtype=torch.int8`` stores it
+    quantized: smaller, slightly inexact); ``ttl`` drops entries unused for that
+    many seconds; ``load`` restores a cache saved with ``cache.save(path)`` from
+    this same model (see :class:`PrefixCache`). Raises :class:`UnsupportedModelError` for a
     model whose KV for a token may depend on more than the tokens before it
     (sliding-window or chunked attention, recurrent or hybrid state,
     encoder-decoder) and ``TypeError`` for something that is not a causal LM.
     ``check=False`` skips only the numerical part of the check (the one that runs
     a prompt whole and in two parts and compares the logits).
     """
-    return CachedModel(model, budget, check=check)
+    return CachedModel(model, budget, host_budget=host_budget, host_dtype=host_dtype, ttl=ttl, load=load, check=check)
 
 
 class CachedModel:
@@ -102,7 +116,17 @@ class CachedModel:
     model's forward passes run outside it.
     """
 
-    def __init__(self, model: Any, budget: int | str = DEFAULT_BUDGET, *, check: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        budget: int | str = DEFAULT_BUDGET,
+        *,
+        host_budget: int | str | None = None,
+        host_dtype: torch.dtype | None = None,
+        ttl: float | None = None,
+        load: str | os.PathLike[str] | None = None,
+        check: bool = True,
+    ) -> None:
         if not isinstance(model, torch.nn.Module) or not hasattr(model, "config") or not hasattr(model, "generate"):
             raise TypeError(
                 f"model: expected a transformers causal language model (a PreTrainedModel with generate), "
@@ -111,7 +135,14 @@ class CachedModel:
         self.model: Any = model
         _refuse_by_config(model.config)
         specs, dtype, device = _probe(model, check=check)
-        self._cache = PrefixCache(specs, budget, device=device, dtype=dtype)
+        self._cache = PrefixCache(
+            specs, budget, device=device, dtype=dtype, host_budget=host_budget, host_dtype=host_dtype, ttl=ttl
+        )
+        from .persist import model_fingerprint
+
+        self._cache.fingerprint = model_fingerprint(model)
+        if load is not None:
+            self._cache.load(load)
         self._vocab = vocab_size(model)
         self._accepts_position_ids = "position_ids" in inspect.signature(model.forward).parameters
         self._warned: set[str] = set()
@@ -134,7 +165,50 @@ class CachedModel:
             f"hit rate {s.hit_rate:.1%})"
         )
 
-    # -- the two entry points ----------------------------------------------
+    # -- the entry points --------------------------------------------------
+
+    def warm(self, prompts: Any, *, namespace: Hashable = None, pin: bool = False) -> int:
+        """Store the KV of ``prompts`` (system prompts, few-shot headers) without generating.
+
+        ``prompts`` is a 1-D tensor or list of token ids, a ``[batch, seq]`` tensor of
+        unpadded prompts of one length, or a list of those. ``pin=True`` also pins each prompt (see
+        :meth:`PrefixCache.pin`; undo with ``cache.unpin``). Returns how many tokens
+        were computed (those already cached are not). Raises ``TypeError``/``ValueError``
+        for bad input.
+        """
+        rows = self._warm_rows(prompts)
+        check_namespace(namespace)
+        computed = 0
+        for row in rows:
+            tokens = row.cpu()
+            if self._cache.cached_length(tokens, namespace=namespace) < len(tokens):  # else nothing to compute
+                res = self.prefill(row.unsqueeze(0), namespace=namespace, logits_to_keep=1)
+                computed += row.numel() - res.cached_length
+            if pin:
+                self._cache.pin(tokens, namespace=namespace)
+        return computed
+
+    def _warm_rows(self, prompts: Any) -> list[torch.Tensor]:
+        if isinstance(prompts, torch.Tensor):
+            items: list[Any] = list(prompts) if prompts.dim() == 2 else [prompts]
+        elif isinstance(prompts, (list, tuple)) and prompts and all(isinstance(t, int) for t in prompts):
+            items = [prompts]
+        elif isinstance(prompts, (list, tuple)):
+            items = list(prompts)
+        else:
+            raise TypeError(f"prompts: expected token ids, a list of them or a tensor, got {type(prompts).__name__}")
+        if not items:
+            raise ValueError("prompts: no prompts given")
+        rows = []
+        for i, item in enumerate(items):
+            if not isinstance(item, torch.Tensor):
+                name = "prompts" if items[0] is prompts else f"prompts[{i}]"
+                item = torch.tensor(as_tokens(item, name), dtype=torch.long, device=self.device)
+            ids, _ = self._check_ids(item)
+            if ids.shape[0] != 1:
+                raise ValueError(f"prompts[{i}]: expected one prompt of token ids, got shape {list(item.shape)}")
+            rows.append(ids[0])
+        return rows
 
     @torch.no_grad()
     def prefill(

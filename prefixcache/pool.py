@@ -95,6 +95,7 @@ class KVPool:
         *,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        pin_memory: bool = False,
     ) -> None:
         specs = _layer_specs(layers)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -102,8 +103,10 @@ class KVPool:
         self.layers: tuple[LayerSpec, ...] = tuple(specs)
         self.device = _as_device(device)
         self.dtype = dtype
+        # Page-locked host memory makes copies to and from a GPU asynchronous and faster.
+        self.pin_memory = bool(pin_memory) and self.device.type == "cpu" and torch.cuda.is_available()
         self.width = sum(spec.width for spec in specs)
-        self.bytes_per_token = self.width * dtype.itemsize
+        self.bytes_per_token = self._bytes_per_token()
         self.budget = parse_budget(budget)
         capacity = self.budget // self.bytes_per_token
         if capacity < 1:
@@ -121,8 +124,14 @@ class KVPool:
             self._blocks.append((kstart, vstart, col))
         # Zeroed, not just reserved: the memory is taken now rather than page by page
         # inside requests, and reserved bytes are bytes really held.
-        self._table = torch.zeros(capacity, self.width, device=self.device, dtype=dtype)
+        self._table = self._new_table(capacity)
         self._free = array("q", range(capacity - 1, -1, -1))  # a stack: alloc pops from the end
+
+    def _bytes_per_token(self) -> int:
+        return self.width * self.dtype.itemsize
+
+    def _new_table(self, capacity: int) -> torch.Tensor:
+        return torch.zeros(capacity, self.width, device=self.device, dtype=self.dtype, pin_memory=self.pin_memory)
 
     # -- sizes --------------------------------------------------------------
 
@@ -281,7 +290,7 @@ class KVPool:
                 f"budget: {budget!r} holds {capacity} tokens of {self.bytes_per_token} bytes; "
                 f"at least {max(1, len(keep))} are needed"
             )
-        table = torch.zeros(capacity, self.width, device=self.device, dtype=self.dtype)
+        table = self._new_table(capacity)
         if keep:
             table[: len(keep)] = self._table.index_select(0, self.index(keep))
         numbers = [-1] * self.capacity
@@ -291,6 +300,28 @@ class KVPool:
         self.budget = parse_budget(budget)
         self._free = array("q", range(capacity - 1, len(keep) - 1, -1))
         return numbers
+
+    @torch.no_grad()
+    def read_rows(self, slots: array) -> torch.Tensor:
+        """A copy of the rows of ``slots``: ``[len(slots), width]`` in the pool's dtype, on its device.
+
+        A row holds one token's K and V of every layer (see :meth:`write_rows`)."""
+        return self._table.index_select(0, self.index(slots))
+
+    @torch.no_grad()
+    def write_rows(self, slots: array, rows: torch.Tensor) -> None:
+        """Store ``rows`` (``[len(slots), width]``, as :meth:`read_rows` gives them, from any
+        pool of the same layers) into ``slots``, converting device and dtype."""
+        if rows.shape != (len(slots), self.width):
+            raise ValueError(f"rows: expected shape [{len(slots)}, {self.width}], got {list(rows.shape)}")
+        if not slots:
+            return
+        rows = rows.to(self.device, self.dtype, non_blocking=True)
+        first = _run_start(slots)
+        if first is not None:
+            self._table[first : first + len(slots)].copy_(rows)
+        else:
+            self._table.index_copy_(0, self.index(slots), rows)
 
     def clear(self) -> None:
         """Mark every slot free (the data stays until overwritten)."""

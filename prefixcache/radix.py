@@ -2,8 +2,15 @@
 
 Edges carry runs of tokens (compressed paths) and the pool slots of those tokens;
 children are keyed by the first token of their edge. Every namespace has its own
-root, so two namespaces never share a node. Unpinned leaves are kept in a sorted
-list ordered by last access, which makes the least recently used one O(log n) away.
+root, so two namespaces never share a node.
+
+Each node's KV lives in one of two tiers: ``DEVICE`` (the pool on the model's
+device) or ``HOST`` (a second, cheaper pool). The device nodes form the top of the
+tree: a host node's children are all host nodes, so a path is some device nodes
+then some host nodes. Per tier, the nodes eviction may take next are kept in a
+sorted list ordered by last access, which makes the least recently used one
+O(log n) away: unpinned device nodes with no device child (the edge of the device
+part, which can move down to the host tier) and unpinned host leaves.
 
 The tree knows nothing of tensors. Token runs are ``array('i')`` (int32: slices
 copy and compare in C, and a token takes 4 bytes); slots are ``array('q')``.
@@ -22,15 +29,21 @@ as it is, which saves a conversion of about 25 us per 1,000 tokens.
 
 from __future__ import annotations
 
+import time
 from array import array
 from collections.abc import Hashable, Iterator, Sequence
 from typing import NamedTuple
 
 from sortedcontainers import SortedKeyList
 
-__all__ = ["EvictResult", "InsertResult", "MatchResult", "Node", "RadixTree", "as_run"]
+__all__ = ["DEVICE", "HOST", "EvictResult", "InsertResult", "MatchResult", "Node", "RadixTree", "as_run"]
 
 Run = array  # array('i') of token ids
+
+DEVICE = 0
+"""Tier of KV held in the pool on the model's device."""
+HOST = 1
+"""Tier of KV moved out of the device into the host pool."""
 
 
 def as_run(tokens: Sequence[int]) -> Run:
@@ -46,24 +59,29 @@ def as_run(tokens: Sequence[int]) -> Run:
 class Node:
     """One edge of the tree and the node it leads to.
 
-    ``key`` is the edge's token run and ``slots`` the pool slot of each of those
-    tokens. ``pins`` counts the pins whose path runs through this node; a node
-    with pins is never evicted. ``tick`` is the tree clock at the last access.
+    ``key`` is the edge's token run and ``slots`` the slot of each of those tokens
+    in the pool of ``tier`` (``DEVICE`` or ``HOST``). ``pins`` counts the pins whose
+    path runs through this node; a node with pins is never evicted nor moved to the
+    host. ``tick`` is the tree clock (nanoseconds) at the last access. ``dkids``
+    counts the children on the device.
     """
 
-    __slots__ = ("children", "key", "parent", "pins", "slots", "tick")
+    __slots__ = ("children", "dkids", "key", "parent", "pins", "slots", "tick", "tier")
 
-    def __init__(self, key: Run, slots: array, parent: Node | None, tick: int) -> None:
+    def __init__(self, key: Run, slots: array, parent: Node | None, tick: int, tier: int = DEVICE) -> None:
         self.key = key
         self.slots = slots
         self.parent = parent
         self.children: dict[int, Node] = {}
         self.pins = 0
         self.tick = tick
+        self.tier = tier
+        self.dkids = 0
 
     def __repr__(self) -> str:
         head = ", ".join(map(str, self.key[:4])) + (", ..." if len(self.key) > 4 else "")
-        return f"Node(key=[{head}], tokens={len(self.key)}, pins={self.pins}, tick={self.tick})"
+        where = "device" if self.tier == DEVICE else "host"
+        return f"Node(key=[{head}], tokens={len(self.key)}, {where}, pins={self.pins}, tick={self.tick})"
 
 
 class _Root(Node):
@@ -101,13 +119,22 @@ class EvictResult(NamedTuple):
     """What an eviction removed."""
 
     n_tokens: int
-    """Tokens removed from the tree (may exceed what was asked: leaves go whole)."""
+    """Tokens removed from the tree, both tiers (may exceed what was asked: nodes go whole)."""
     slots: array
-    """Their pool slots, now owned by nobody: the caller frees them."""
+    """Their device pool slots, now owned by nobody: the caller frees them."""
+    host_slots: array
+    """Their host pool slots, likewise."""
 
 
 def _lru_key(node: Node) -> int:
     return node.tick
+
+
+def _is_candidate(node: Node) -> bool:
+    """May eviction take ``node`` next: unpinned, and no device child (device) or no child (host)."""
+    if node.pins or node.parent is None:
+        return False
+    return node.dkids == 0 if node.tier == DEVICE else not node.children
 
 
 def _common_length(key: Run, tokens: Run, pos: int) -> int:
@@ -136,10 +163,12 @@ class RadixTree:
 
     def __init__(self) -> None:
         self._roots: dict[Hashable, _Root] = {}
-        # Exactly the unpinned leaves, least recently used first.
-        self._lru: SortedKeyList = SortedKeyList(key=_lru_key)
-        self._clock = 0
+        # Per tier, exactly the nodes for which _is_candidate holds, least recently used first.
+        self._lru: tuple[SortedKeyList, SortedKeyList] = (SortedKeyList(key=_lru_key), SortedKeyList(key=_lru_key))
+        self._clock = 0  # the latest tick handed out
+        self._now = time.monotonic_ns  # where ticks come from (a test may put a fake clock here)
         self._size = 0  # tokens held by all nodes
+        self._tier_size = [0, 0]  # tokens held by device nodes, by host nodes
         self._pinned_size = 0  # tokens held by nodes with pins > 0
         self._n_nodes = 0  # non-root nodes
 
@@ -150,10 +179,23 @@ class RadixTree:
         """Tokens cached, over all namespaces. O(1)."""
         return self._size
 
+    def tier_size(self, tier: int) -> int:
+        """Tokens whose KV is in ``tier`` (``DEVICE`` or ``HOST``). O(1)."""
+        return self._tier_size[tier]
+
     @property
     def evictable_size(self) -> int:
         """Tokens that eviction could free now: those of unpinned nodes. O(1)."""
         return self._size - self._pinned_size
+
+    def victim(self, tier: int = DEVICE) -> Node | None:
+        """The node of ``tier`` that eviction takes next (least recently used), or None. O(1)."""
+        lru = self._lru[tier]
+        return lru[0] if lru else None
+
+    def now(self) -> int:
+        """The clock ticks are read from (``time.monotonic_ns()``)."""
+        return self._now()
 
     @property
     def pinned_size(self) -> int:
@@ -180,6 +222,14 @@ class RadixTree:
             if node.parent is not None:
                 yield node
             stack.extend(node.children.values())
+
+    @staticmethod
+    def namespace_of(node: Node) -> Hashable:
+        """The namespace whose root ``node`` hangs under. O(depth)."""
+        while node.parent is not None:
+            node = node.parent
+        assert isinstance(node, _Root)
+        return node.namespace
 
     def path_tokens(self, node: Node) -> Run:
         """The whole token sequence from the root to the end of ``node``. O(depth + length)."""
@@ -261,12 +311,16 @@ class RadixTree:
         node, pos = self._walk(root, toks, tick, [])
         if pos == len(toks):
             return InsertResult(pos, node)
+        if node.tier != DEVICE:
+            raise ValueError("tokens: the cached part ends on the host tier; move it to the device first")
         leaf = Node(toks[pos:], slots[pos:], node, tick)
-        if node.parent is not None and not node.children and node.pins == 0:
-            self._lru.remove(node)  # it stops being a leaf
+        if _is_candidate(node):
+            self._lru[DEVICE].remove(node)  # it gets a device child
         node.children[toks[pos]] = leaf
-        self._lru.add(leaf)
+        node.dkids += 1
+        self._lru[DEVICE].add(leaf)
         self._size += len(leaf.key)
+        self._tier_size[DEVICE] += len(leaf.key)
         self._n_nodes += 1
         return InsertResult(pos, leaf)
 
@@ -277,7 +331,7 @@ class RadixTree:
         root.tick = tick
         pos, n = 0, len(toks)
         children = root.children
-        relist = None
+        relist: list[Node] = []
         append = parts.append
         while pos < n:
             child = children.get(toks[pos])
@@ -288,27 +342,30 @@ class RadixTree:
             end = pos + len(key)
             if toks[pos:end] != key:
                 common = _common_length(key, toks, pos)
-                child = self._split(child, common)
+                child = self._split(child, common)  # new, so in no list yet
                 kids = child.children
                 end = pos + common
                 n = end  # stop after this node: the match ends inside the old edge
-            elif not kids and not child.pins:
-                # An unpinned leaf is listed under its tick: unlist it before the tick changes.
-                self._lru.remove(child)
-                relist = child
+                if _is_candidate(child):
+                    relist.append(child)
+            elif not child.pins and (not kids or (child.dkids == 0 and child.tier == DEVICE)):
+                # A candidate is listed under its tick: unlist it before the tick changes.
+                self._lru[child.tier].remove(child)
+                relist.append(child)
             child.tick = tick
             append(child.slots)
             node, pos, children = child, end, kids
-        if relist is not None:
-            self._lru.add(relist)
+        for listed in relist:
+            self._lru[listed.tier].add(listed)
         return node, pos
 
     def _split(self, child: Node, at: int) -> Node:
         """Cut ``child``'s edge after ``at`` tokens; return the new upper node."""
         parent = child.parent
         assert parent is not None and 0 < at < len(child.key)
-        upper = Node(child.key[:at], child.slots[:at], parent, child.tick)
+        upper = Node(child.key[:at], child.slots[:at], parent, child.tick, child.tier)
         upper.pins = child.pins  # every pin through the lower half runs through the upper one
+        upper.dkids = 1 if child.tier == DEVICE else 0
         parent.children[child.key[0]] = upper
         child.key = child.key[at:]
         child.slots = child.slots[at:]
@@ -318,8 +375,12 @@ class RadixTree:
         return upper
 
     def _tick(self) -> int:
-        self._clock += 1
-        return self._clock
+        """Now, in nanoseconds, and strictly later than any earlier tick."""
+        t = self._now()
+        if t <= self._clock:
+            t = self._clock + 1
+        self._clock = t
+        return t
 
     # -- pinning ------------------------------------------------------------
 
@@ -331,8 +392,8 @@ class RadixTree:
         cur = node
         while cur is not None and cur.parent is not None:
             if cur.pins == 0:
-                if not cur.children:
-                    self._lru.remove(cur)
+                if _is_candidate(cur):
+                    self._lru[cur.tier].remove(cur)
                 self._pinned_size += len(cur.key)
             cur.pins += 1
             cur = cur.parent
@@ -349,63 +410,112 @@ class RadixTree:
             cur.pins -= 1
             if cur.pins == 0:
                 self._pinned_size -= len(cur.key)
-                if not cur.children:
-                    self._lru.add(cur)
+                if _is_candidate(cur):
+                    self._lru[cur.tier].add(cur)
             cur = cur.parent
 
     # -- eviction -----------------------------------------------------------
 
-    def evict(self, n_tokens: int) -> EvictResult:
-        """Remove least recently used unpinned leaves until ``n_tokens`` tokens are freed.
+    def evict(self, n_tokens: int, tier: int = DEVICE) -> EvictResult:
+        """Drop least recently used candidates of ``tier`` until ``n_tokens`` of its tokens are freed.
 
-        Leaves go whole, so more may be freed than asked; when fewer than
-        ``n_tokens`` are evictable, everything evictable goes. A parent left
-        childless becomes a candidate in turn. ``evict(0)`` is always safe and
-        does nothing. O(k log n) for k leaves removed.
+        Nodes go whole, with whatever hangs below them (for a device node, its host
+        subtree), so more may be freed than asked; when fewer than ``n_tokens`` are
+        evictable, everything evictable in the tier goes. A parent left without
+        children becomes a candidate in turn. ``evict(0)`` is always safe and does
+        nothing. O(k log n) for k nodes removed.
 
         Raises ``ValueError`` for a negative ``n_tokens``.
         """
         if n_tokens < 0:
             raise ValueError(f"n_tokens: expected an int >= 0, got {n_tokens!r}")
-        freed = 0
-        slots = array("q")
-        lru = self._lru
+        freed = total = 0
+        slots, host_slots = array("q"), array("q")
+        lru = self._lru[tier]
         while freed < n_tokens and lru:
-            leaf = lru.pop(0)
-            parent = leaf.parent
-            assert parent is not None
-            del parent.children[leaf.key[0]]
-            slots += leaf.slots
-            freed += len(leaf.key)
-            self._n_nodes -= 1
-            if not parent.children:
-                if isinstance(parent, _Root):
-                    del self._roots[parent.namespace]
-                elif parent.pins == 0:
-                    lru.add(parent)
-        self._size -= freed
-        return EvictResult(freed, slots)
+            out = self.drop(lru[0])
+            total += out.n_tokens
+            slots += out.slots
+            host_slots += out.host_slots
+            freed += len(out.slots if tier == DEVICE else out.host_slots)
+        return EvictResult(total, slots, host_slots)
 
-    def relabel_slots(self, table: Sequence[int]) -> None:
-        """Replace every slot ``s`` held by the tree with ``table[s]``. O(tokens)."""
+    def drop(self, node: Node) -> EvictResult:
+        """Remove ``node`` and everything below it (all unpinned). O(k log n) for k nodes."""
+        if node.pins or node.parent is None:
+            raise ValueError(f"node: {node!r} is pinned or a root; only unpinned nodes can be dropped")
+        parent = node.parent
+        if _is_candidate(parent):
+            self._lru[parent.tier].remove(parent)
+        slots, host_slots = array("q"), array("q")
+        for sub in self._subtree(node):
+            if _is_candidate(sub):
+                self._lru[sub.tier].remove(sub)
+            (slots if sub.tier == DEVICE else host_slots).extend(sub.slots)
+            self._tier_size[sub.tier] -= len(sub.key)
+            self._n_nodes -= 1
+        del parent.children[node.key[0]]
+        if node.tier == DEVICE:
+            parent.dkids -= 1
+        n = len(slots) + len(host_slots)
+        self._size -= n
+        if isinstance(parent, _Root):
+            if not parent.children:
+                del self._roots[parent.namespace]
+        elif _is_candidate(parent):
+            self._lru[parent.tier].add(parent)
+        return EvictResult(n, slots, host_slots)
+
+    def move(self, node: Node, tier: int, slots: array) -> None:
+        """Record that ``node``'s KV now lives in ``tier`` at ``slots``; the old slots are the caller's.
+
+        To the host: ``node`` must be unpinned with no device child. To the device:
+        its parent must be on the device. Recency is kept. O(log n).
+        """
+        parent = node.parent
+        if parent is None or node.tier == tier or len(slots) != len(node.key):
+            raise ValueError(f"node: cannot move {node!r} to tier {tier} with {len(slots)} slots")
+        if tier == HOST and (node.pins or node.dkids):
+            raise ValueError(f"node: {node!r} is pinned or has device children; it must stay on the device")
+        if tier == DEVICE and parent.tier != DEVICE:
+            raise ValueError(f"node: the parent of {node!r} is on the host; move it to the device first")
+        for n in (node, parent):
+            if _is_candidate(n):
+                self._lru[n.tier].remove(n)
+        self._tier_size[node.tier] -= len(node.key)
+        self._tier_size[tier] += len(node.key)
+        node.tier = tier
+        node.slots = slots
+        parent.dkids += 1 if tier == DEVICE else -1
+        for n in (node, parent):
+            if _is_candidate(n):
+                self._lru[n.tier].add(n)
+
+    def relabel_slots(self, table: Sequence[int], tier: int = DEVICE) -> None:
+        """Replace every slot ``s`` of ``tier`` held by the tree with ``table[s]``. O(tokens)."""
         for node in self.iter_nodes():
-            node.slots = array("q", map(table.__getitem__, node.slots))
+            if node.tier == tier:
+                node.slots = array("q", map(table.__getitem__, node.slots))
 
     # -- checking -----------------------------------------------------------
 
     def _check(self) -> None:
         """Assert every structural invariant. O(n)."""
-        lru_ids = {id(node) for node in self._lru}
-        assert len(lru_ids) == len(self._lru), "a node is listed twice"
-        ticks = [node.tick for node in self._lru]
-        assert ticks == sorted(ticks), "the LRU list is out of order"
+        lru_ids: list[set[int]] = []
+        for lru in self._lru:
+            lru_ids.append({id(node) for node in lru})
+            assert len(lru_ids[-1]) == len(lru), "a node is listed twice"
+            ticks = [node.tick for node in lru]
+            assert ticks == sorted(ticks), "an LRU list is out of order"
         size = pinned = n_nodes = 0
-        leaves: set[int] = set()
-        seen_slots: set[int] = set()
+        tier_size = [0, 0]
+        candidates: tuple[set[int], set[int]] = (set(), set())
+        seen_slots: tuple[set[int], set[int]] = (set(), set())
         for ns, root in self._roots.items():
             assert isinstance(root, _Root) and root.namespace == ns and root.parent is None
             assert len(root.key) == 0 and len(root.slots) == 0
             assert root.children and root.pins == 0, f"empty or pinned root for namespace {ns!r}"
+            assert root.tier == DEVICE
             for node in self._subtree(root):
                 if node is root:
                     continue
@@ -414,27 +524,35 @@ class RadixTree:
                 assert parent is not None and node.key, f"{node!r} has no parent or an empty edge"
                 assert parent.children.get(node.key[0]) is node, f"{node!r} is not keyed by its first token"
                 assert len(node.slots) == len(node.key), f"{node!r}: slots and tokens differ in length"
+                assert node.tier in (DEVICE, HOST), f"{node!r}: no such tier"
+                assert parent.tier == DEVICE or node.tier == HOST, f"{node!r} is on the device below a host node"
+                assert node.dkids == sum(c.tier == DEVICE for c in node.children.values()), f"{node!r}: dkids"
+                seen = seen_slots[node.tier]
                 for slot in node.slots:
-                    assert slot not in seen_slots, f"slot {slot} is owned by two nodes"
-                    seen_slots.add(slot)
+                    assert slot not in seen, f"slot {slot} is owned by two nodes"
+                    seen.add(slot)
                 size += len(node.key)
+                tier_size[node.tier] += len(node.key)
                 child_pins = sum(child.pins for child in node.children.values())
                 assert node.pins >= child_pins >= 0, f"{node!r}: fewer pins than its children"
                 if node.pins:
                     pinned += len(node.key)
-                if not node.children and node.pins == 0:
-                    leaves.add(id(node))
+                if _is_candidate(node):
+                    candidates[node.tier].add(id(node))
                 if parent.parent is not None:
                     assert parent.tick >= node.tick, f"{node!r} was touched after its parent"
         assert size == self._size, f"token count {self._size} != {size} held by nodes"
         assert pinned == self._pinned_size, f"pinned count {self._pinned_size} != {pinned}"
         assert n_nodes == self._n_nodes, f"node count {self._n_nodes} != {n_nodes}"
-        assert lru_ids == leaves, "the LRU list is not exactly the unpinned leaves"
+        assert tier_size == self._tier_size, f"tokens per tier {self._tier_size} != {tier_size} held by nodes"
+        for tier in (DEVICE, HOST):
+            assert lru_ids[tier] == candidates[tier], f"the LRU list of tier {tier} is not exactly its candidates"
 
-    def owned_slots(self) -> Iterator[int]:
-        """Every slot held by a node. O(tokens)."""
+    def owned_slots(self, tier: int = DEVICE) -> Iterator[int]:
+        """Every slot of ``tier`` held by a node. O(tokens)."""
         for node in self.iter_nodes():
-            yield from node.slots
+            if node.tier == tier:
+                yield from node.slots
 
     @staticmethod
     def _subtree(top: Node) -> Iterator[Node]:
