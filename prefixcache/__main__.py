@@ -3,6 +3,7 @@
 python -m prefixcache bench                         # few-shot workload, built-in 58M model
 python -m prefixcache bench --workload all --json out.json --plot out.png
 python -m prefixcache bench --budget 1GiB,64MiB,16MiB   # a budget sweep
+python -m prefixcache bench --workload chat --budget 16MiB --host-budget 1GiB   # with and without a host tier
 python -m prefixcache bench --model Qwen/Qwen2.5-0.5B --device cuda --dtype bfloat16
 python -m prefixcache bench --quick                 # a smoke test under a minute
 python -m prefixcache demo                          # one cached request, explained
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--workload", default="fewshot", choices=["fewshot", "chat", "unique", "all"])
     bench.add_argument("--requests", type=int, help="requests per workload (default: 100 fewshot, 40 chat, 40 unique)")
     bench.add_argument("--budget", default="1GiB", help="pool budget, or a comma-separated list for a sweep")
+    bench.add_argument("--host-budget", help="also run each budget with a host tier of this size")
+    bench.add_argument("--host-dtype", choices=["same", "int8"], default="same", help="the host tier's dtype")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     bench.add_argument("--seed", type=int, default=0)
@@ -63,6 +66,11 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parse_budget(budget)
         except ValueError as err:
             parser.error(str(err))
+    if args.host_budget is not None:
+        try:
+            parse_budget(args.host_budget)
+        except ValueError as err:
+            parser.error(str(err).replace("budget:", "--host-budget:", 1))
     if args.requests is not None and args.requests < 1:
         parser.error(f"--requests: expected at least 1, got {args.requests}")
     device = torch.device(args.device)
@@ -93,9 +101,13 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             name, args.requests or counts[name], seed=args.seed, vocab=vocab, encode=encode, quick=args.quick
         )
         systems: list[System] = [NoCache(model), HfManual(model)]
+        host_dtype = torch.int8 if args.host_dtype == "int8" else None
         for budget in budgets:
-            label = "prefixcache" if len(budgets) == 1 else f"prefixcache[{budget}]"
+            label = "prefixcache" if len(budgets) == 1 and not args.host_budget else f"prefixcache[{budget}]"
             systems.append(PrefixCached(model, budget, name=label))
+            if args.host_budget:
+                label = f"prefixcache[{budget}+host{'-int8' if host_dtype else ''}]"
+                systems.append(PrefixCached(model, budget, label, host_budget=args.host_budget, host_dtype=host_dtype))
         systems.append(Ideal(model))
         started = time.perf_counter()
         with _progress(len(workload.requests), name, disable=args.no_progress) as bar:

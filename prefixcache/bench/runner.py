@@ -52,6 +52,10 @@ class SystemResult:
     prompt_tokens: int = 0
     peak_pool_bytes: int | None = None
     hit_rate_over_time: list[float] = field(default_factory=list)
+    exact: bool = True
+    host_hit_tokens: int | None = None
+    bytes_to_host: int | None = None
+    bytes_to_device: int | None = None
 
     def summary(self, baseline: SystemResult | None, ideal: SystemResult | None) -> dict[str, Any]:
         total = sum(self.total_s)
@@ -66,6 +70,10 @@ class SystemResult:
             "efficiency": sum(ideal.total_s) / total if ideal else None,
             "hit_rate": self.hit_tokens / self.prompt_tokens if self.prompt_tokens else None,
             "peak_pool_bytes": self.peak_pool_bytes,
+            "exact": self.exact,
+            "host_hit_tokens": self.host_hit_tokens,
+            "bytes_to_host": self.bytes_to_host,
+            "bytes_to_device": self.bytes_to_device,
         }
         return out
 
@@ -120,6 +128,10 @@ def run_workload(
                 result.hit_tokens, result.prompt_tokens = stats.hit_tokens, stats.prompt_tokens
                 result.peak_pool_bytes = system.peak_bytes
                 result.hit_rate_over_time.append(stats.hit_rate)
+                result.exact = system.exact
+                if system.cached.cache.host_pool is not None:
+                    result.host_hit_tokens = stats.host_hit_tokens
+                    result.bytes_to_host, result.bytes_to_device = stats.bytes_to_host, stats.bytes_to_device
         for name, out in outputs.items():
             if not torch.equal(out, outputs[reference_name]):
                 mismatches[name] += 1

@@ -85,10 +85,19 @@ class HfManual(System):
 
 
 class PrefixCached(System):
-    def __init__(self, model: Any, budget: int | str, name: str = "prefixcache") -> None:
+    def __init__(
+        self,
+        model: Any,
+        budget: int | str,
+        name: str = "prefixcache",
+        *,
+        host_budget: int | str | None = None,
+        host_dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(model)
         self.name = name
-        self.cached: CachedModel = hf.wrap(model, budget)
+        self.cached: CachedModel = hf.wrap(model, budget, host_budget=host_budget, host_dtype=host_dtype)
+        self.exact = host_dtype is None  # an int8 host tier may change outputs slightly
         self.peak_bytes = 0
 
     @torch.no_grad()
