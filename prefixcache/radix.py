@@ -445,15 +445,20 @@ class RadixTree:
         if node.pins or node.parent is None:
             raise ValueError(f"node: {node!r} is pinned or a root; only unpinned nodes can be dropped")
         parent = node.parent
-        if _is_candidate(parent):
-            self._lru[parent.tier].remove(parent)
-        slots, host_slots = array("q"), array("q")
-        for sub in self._subtree(node):
-            if _is_candidate(sub):
-                self._lru[sub.tier].remove(sub)
-            (slots if sub.tier == DEVICE else host_slots).extend(sub.slots)
-            self._tier_size[sub.tier] -= len(sub.key)
+        parent_listed = _is_candidate(parent)  # losing a child never unlists it
+        if not node.children:  # the common case: an unpinned leaf, listed as a candidate
+            self._lru[node.tier].remove(node)
+            slots, host_slots = (node.slots, array("q")) if node.tier == DEVICE else (array("q"), node.slots)
+            self._tier_size[node.tier] -= len(node.key)
             self._n_nodes -= 1
+        else:
+            slots, host_slots = array("q"), array("q")
+            for sub in self._subtree(node):
+                if _is_candidate(sub):
+                    self._lru[sub.tier].remove(sub)
+                (slots if sub.tier == DEVICE else host_slots).extend(sub.slots)
+                self._tier_size[sub.tier] -= len(sub.key)
+                self._n_nodes -= 1
         del parent.children[node.key[0]]
         if node.tier == DEVICE:
             parent.dkids -= 1
@@ -462,7 +467,7 @@ class RadixTree:
         if isinstance(parent, _Root):
             if not parent.children:
                 del self._roots[parent.namespace]
-        elif _is_candidate(parent):
+        elif not parent_listed and _is_candidate(parent):
             self._lru[parent.tier].add(parent)
         return EvictResult(n, slots, host_slots)
 
