@@ -507,7 +507,7 @@ class PrefixCache:
     def _free_device(self, n_tokens: int) -> int:
         """Move least recently used device nodes to the host tier (or drop them) until
         ``n_tokens`` device slots are freed or nothing more can go."""
-        tree, pool, host, c = self._tree, self._pool, self._host, self._counters
+        tree, host = self._tree, self._host
         freed = 0
         while freed < n_tokens:
             victim = tree.victim(DEVICE)
@@ -515,17 +515,7 @@ class PrefixCache:
                 break
             n = len(victim.key)
             if host is not None and self._host_room(n):
-                slots = host.alloc(n)
-                try:
-                    host.write_rows(slots, pool.read_rows(victim.slots))
-                except BaseException:
-                    host.free(slots)
-                    raise
-                old = victim.slots
-                tree.move(victim, HOST, slots)
-                pool.free(old)
-                c.demoted_tokens += n
-                c.bytes_to_host += n * pool.bytes_per_token
+                self._move(victim, HOST)
             else:
                 self._drop(victim)
             freed += n
@@ -548,8 +538,7 @@ class PrefixCache:
         """Copy the host part of ``node``'s (pinned) path back to the device, top down, while
         the device can take it. Returns the deepest node of the path now on the device
         (None: not even the first) and the tokens moved."""
-        tree, pool, host, c = self._tree, self._pool, self._host, self._counters
-        assert host is not None
+        pool = self._pool
         on_host: list[Node] = []
         cur = node
         while cur.tier == HOST:
@@ -564,20 +553,34 @@ class PrefixCache:
                 self._free_device(n - pool.n_free)  # the path is pinned: none of it goes
             if pool.n_free < n:
                 break
-            slots = pool.alloc(n)
-            try:
-                pool.write_rows(slots, host.read_rows(up.slots))
-            except BaseException:
-                pool.free(slots)
-                raise
-            old = up.slots
-            tree.move(up, DEVICE, slots)
-            host.free(old)
+            self._move(up, DEVICE)
             top = up
             moved += n
-            c.promoted_tokens += n
-            c.bytes_to_device += n * pool.bytes_per_token
         return top, moved
+
+    def _move(self, node: Node, tier: int) -> None:
+        """Copy ``node``'s KV into free slots of the other tier's pool (the caller made room),
+        record the move in the tree and free the old slots; count tokens and bytes moved."""
+        host, c = self._host, self._counters
+        assert host is not None
+        source, target = (self._pool, host) if tier == HOST else (host, self._pool)
+        n = len(node.key)
+        slots = target.alloc(n)
+        try:
+            target.write_rows(slots, source.read_rows(node.slots))
+        except BaseException:
+            target.free(slots)
+            raise
+        old = node.slots
+        self._tree.move(node, tier, slots)
+        source.free(old)
+        moved_bytes = n * self._pool.bytes_per_token
+        if tier == HOST:
+            c.demoted_tokens += n
+            c.bytes_to_host += moved_bytes
+        else:
+            c.promoted_tokens += n
+            c.bytes_to_device += moved_bytes
 
     def _drop(self, node: Node) -> int:
         """Remove ``node`` and its subtree from the cache, freeing their slots in both tiers."""
