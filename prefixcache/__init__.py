@@ -1,16 +1,17 @@
 """prefixcache: reuse the attention KV of prompt prefixes a model has already seen."""
 
-from .budget import parse_budget
 from .cache import Hit, PrefixCache
-from .errors import PoolExhaustedError, PrefixCacheError, UnsupportedModelError
+from .config import CacheConfig, parse_budget
+from .errors import PoolExhaustedError, PrefixCacheError, UnsupportedModelError, VerificationError
 from .hf import CachedModel, PrefillResult, load_model, wrap
-from .pool import KVPool, LayerSpec
-from .radix import RadixTree
+from .kv import KVPool, LayerSpec
 from .stats import CacheStats
+from .tree import RadixTree
 
 __all__ = [
-    "CachedModel",
+    "CacheConfig",
     "CacheStats",
+    "CachedModel",
     "Hit",
     "KVPool",
     "LayerSpec",
@@ -20,6 +21,7 @@ __all__ = [
     "PrefixCacheError",
     "RadixTree",
     "UnsupportedModelError",
+    "VerificationError",
     "load_model",
     "parse_budget",
     "wrap",

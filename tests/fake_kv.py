@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from prefixcache.pool import LayerKV, LayerSpec
+from prefixcache.kv import LayerKV, LayerSpec
 
 LAYERS = (LayerSpec(kv_heads=1, key_dim=2, value_dim=1), LayerSpec(kv_heads=2, key_dim=1, value_dim=2))
 _MOD = 1_000_003

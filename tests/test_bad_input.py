@@ -73,8 +73,8 @@ def snapshot(c: PrefixCache) -> tuple[Any, torch.Tensor]:
             root = root.parent
         namespace = repr(root.namespace)  # type: ignore[attr-defined]
         nodes.append((namespace, tuple(tree.path_tokens(node)), tuple(node.slots), node.pins, node.tick))
-    plain = (c.stats, sorted(nodes), tree._clock, tuple(pool.free_slots()), pool.capacity)
-    return plain, pool._table.clone()
+    plain = (c.stats, sorted(nodes), tree.last_tick, tuple(pool.free_slots()), pool.capacity)
+    return plain, pool.table_copy()
 
 
 def assert_unchanged(c: PrefixCache, before: tuple[Any, torch.Tensor]) -> None:

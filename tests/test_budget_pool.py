@@ -7,9 +7,10 @@ from array import array
 import pytest
 import torch
 
-from prefixcache.budget import parse_budget
+from prefixcache.checks import check_kv
+from prefixcache.config import parse_budget
 from prefixcache.errors import PoolExhaustedError
-from prefixcache.pool import KVPool, LayerSpec
+from prefixcache.kv import KVPool, LayerSpec
 
 from .fake_kv import LAYERS, assert_kv_is, fake_kv
 
@@ -90,7 +91,7 @@ def test_write_then_gather_round_trip_from_a_batch_row() -> None:
     pool = KVPool(LAYERS, 72 * 20, dtype=torch.float64)
     tokens = [4, 8, 15, 16, 23, 42]
     kv = fake_kv(tokens, batch=3, row=2, offset=4)  # row 2, positions 4..9
-    pool.check_kv(kv, positions=4 + len(tokens), row=2)
+    check_kv(kv, pool.layers, pool.device, positions=4 + len(tokens), row=2)
     slots = array("q", [7, 3, 11, 0, 19, 5])
     pool.write(slots, kv, start=4, row=2)
     assert_kv_is(pool.gather(slots), tokens)
@@ -102,14 +103,14 @@ def test_check_kv_rejects_wrong_shapes() -> None:
     pool = KVPool(LAYERS, 72 * 20, dtype=torch.float64)
     kv = fake_kv([1, 2, 3])
     with pytest.raises(ValueError, match="layers"):
-        pool.check_kv(kv[:1], positions=3)
+        check_kv(kv[:1], pool.layers, pool.device, positions=3, row=0)
     with pytest.raises(ValueError, match=r"kv\[0\] key_states"):
-        pool.check_kv(kv, positions=4)
+        check_kv(kv, pool.layers, pool.device, positions=4, row=0)
     with pytest.raises(ValueError, match="batch"):
-        pool.check_kv(kv, positions=3, row=1)
+        check_kv(kv, pool.layers, pool.device, positions=3, row=1)
     bad = [(kv[0][0].transpose(1, 3), kv[0][1]), kv[1]]
     with pytest.raises(ValueError, match=r"kv\[0\] key_states"):
-        pool.check_kv(bad, positions=3)
+        check_kv(bad, pool.layers, pool.device, positions=3, row=0)
 
 
 def test_resize_keeps_data_and_renumbers() -> None:

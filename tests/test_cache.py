@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prefixcache import PrefixCache
-from prefixcache.cache import as_tokens
+from prefixcache.checks import as_tokens
 
 from .fake_kv import LAYERS, assert_kv_is, fake_kv
 
@@ -167,3 +167,24 @@ def test_as_tokens_accepts_tensors_arrays_and_int_sequences() -> None:
         as_tokens([True])
     with pytest.raises(ValueError, match="2147483647"):
         as_tokens([2**31])
+
+
+def test_drop_namespace_forgets_one_namespace_but_what_requests_hold() -> None:
+    cache = make_cache(64)
+    for namespace in ("a", "b"):
+        cache.insert([1, 2, 3, 4], fake_kv([1, 2, 3, 4]), namespace=namespace)
+        cache.insert([1, 2, 9, 9, 9], fake_kv([1, 2, 9, 9, 9]), namespace=namespace)
+    cache.pin([1, 2, 3, 4], namespace="a")
+    held = cache.match([1, 2, 9, 9, 9], namespace="a")  # a request in flight
+    assert cache.drop_namespace("a") == 2  # [3, 4]: its user pin is released; [1, 2, 9, 9, 9] is held
+    assert cache.stats.user_pinned_tokens == 0
+    assert cache.cached_length([1, 2, 3, 4], namespace="a") == 2
+    assert cache.cached_length([1, 2, 9, 9, 9], namespace="a") == 5
+    held.release()
+    assert cache.drop_namespace("a") == 5
+    assert cache.cached_length([1, 2, 9, 9, 9], namespace="a") == 0
+    assert cache.cached_length([1, 2, 9, 9, 9], namespace="b") == 5  # the other namespace is untouched
+    assert cache.drop_namespace("nothing here") == 0
+    with pytest.raises(TypeError, match="namespace"):
+        cache.drop_namespace(["a"])
+    cache._check()

@@ -185,6 +185,23 @@ class CacheMachine(RuleBasedStateMachine):
         assert self.cache.tree.evictable_size == 0
         self.reconcile()
 
+    @precondition(lambda self: self.cache is not None)
+    @rule(ns=st.sampled_from(NAMESPACES))
+    def drop_namespace(self, ns: Hashable) -> None:
+        assert self.cache is not None
+        tree = self.cache.tree
+        before = self.tree_prefixes()
+        held: set[Key] = set()  # the paths of the nodes requests in flight pin, in ns
+        for node in tree.iter_nodes():
+            if node.pins and tree.namespace_of(node) == ns:
+                path = tuple(tree.path_tokens(node))
+                held.update((ns, path[:i]) for i in range(1, len(path) + 1))
+        dropped = self.cache.drop_namespace(ns)
+        after = self.tree_prefixes()
+        assert after == {k for k in before if k[0] != ns} | held, "dropped the wrong prefixes"
+        assert dropped == len(before) - len(after)
+        self.ticks = {k: t for k, t in self.ticks.items() if k in after}
+
     # -- invariants ---------------------------------------------------------
 
     @invariant()

@@ -263,7 +263,7 @@ def test_an_insert_that_fails_after_taking_slots_gives_them_back(
     c = PrefixCache(LAYERS, 72 * 8, dtype=torch.float64)
     c.insert([1, 2, 3], fake_kv([1, 2, 3]))
     c.insert([4, 5, 6], fake_kv([4, 5, 6]))
-    monkeypatch.setattr(c.tree, "insert", fail_on_call(1, error))
+    monkeypatch.setattr(c.tree, "attach", fail_on_call(1, error))
     with pytest.raises(type(error)) as raised:
         c.insert([1, 2, 7, 8, 9, 10], fake_kv([1, 2, 7, 8, 9, 10]))  # evicts to make room first
     assert raised.value is error

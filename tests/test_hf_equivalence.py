@@ -264,3 +264,23 @@ def test_without_a_mask_padding_is_inferred_as_generate_does() -> None:
     want = model.generate(inputs=ids, max_new_tokens=4, do_sample=False)
     assert torch.equal(got, want)
     assert cached.cache.stats.hit_tokens >= 10
+
+
+def test_max_cached_length_computes_the_logits_from_that_position_on() -> None:
+    """A multiple-choice scorer needs the logits of the context's last position even when a
+    longer prefix is cached: ``max_cached_length`` caps the reuse."""
+    model = tiny_model("llama", torch.float64)
+    cached = prefixcache.wrap(model, "1MiB")
+    g = torch.Generator().manual_seed(8)
+    context, choice = tokens(g, 14), tokens(g, 3)
+    prompt = torch.cat([context, choice]).unsqueeze(0)
+    cached.prefill(prompt)  # the whole prompt is cached now
+    res = cached.prefill(prompt, max_cached_length=len(context) - 1)
+    assert res.cached_length == len(context) - 1
+    want = uncached_logits(model, prompt[0])[len(context) - 1 :]
+    assert res.logits.shape[1] == want.shape[0]
+    assert float((res.logits[0] - want).abs().max()) <= 1e-10
+    assert cached.prefill(prompt, max_cached_length=0).cached_length == 0
+    assert cached.prefill(prompt, max_cached_length=100).cached_length == prompt.shape[1] - 1
+    with pytest.raises(ValueError, match="max_cached_length"):
+        cached.prefill(prompt, max_cached_length=-1)

@@ -27,7 +27,8 @@ from safetensors.torch import save_file
 
 import prefixcache
 from prefixcache import PrefixCache, persist
-from prefixcache.pool import LayerSpec
+from prefixcache.kv import LayerSpec
+from prefixcache.persist import fileformat, namespaces
 
 from .fake_kv import LAYERS, assert_kv_is, fake_kv
 from .hooked_model import TOKEN_BYTES as LLAMA_TOKEN_BYTES
@@ -83,7 +84,7 @@ def cached_length(cache: PrefixCache, tokens: list[int], namespace: Hashable = N
 
 def paths(cache: PrefixCache) -> set[tuple[Hashable, tuple[int, ...]]]:
     """Every node's whole path, with its namespace."""
-    nodes = cache._export_nodes()
+    nodes = cache.export()
     full: list[tuple[int, ...]] = []
     for node in nodes:
         full.append((full[node.parent] if node.parent >= 0 else ()) + tuple(node.tokens))
@@ -106,7 +107,7 @@ def eviction_order(cache: PrefixCache) -> list[tuple[Hashable, tuple[int, ...]]]
 def snapshot(cache: PrefixCache) -> Any:
     """All a failed load must leave alone: the stats and every node, its KV and its tick."""
     cache._check()
-    nodes = [(n.parent, n.namespace, n.tokens.tolist(), n.rows.tolist(), n.tick) for n in cache._export_nodes()]
+    nodes = [(n.parent, n.namespace, n.tokens.tolist(), n.rows.tolist(), n.tick) for n in cache.export()]
     return cache.stats, nodes
 
 
@@ -228,8 +229,8 @@ def same_value_and_types(a: object, b: object) -> bool:
 
 @given(NAMESPACES)
 def test_namespaces_round_trip_with_their_types(namespace: Hashable) -> None:
-    encoded = json.loads(json.dumps(persist._encode_namespace(namespace, namespace)))
-    assert same_value_and_types(persist._decode_namespace("f", encoded, "namespaces[0]"), namespace)
+    encoded = json.loads(json.dumps(namespaces.encode_namespace(namespace, namespace)))
+    assert same_value_and_types(namespaces.decode_namespace(encoded), namespace)
 
 
 @pytest.mark.parametrize("namespace", [0, -7, True, "", ("tenant", 3, None, (False, "x")), ()])
@@ -355,8 +356,11 @@ def forge(source: Path, out: Path, edit: Callable[[dict[str, Any], dict[str, tor
         tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     edit(manifest, tensors)
     if "kv" in tensors and "tokens" in tensors:
-        manifest["sha256"] = {"kv": persist._sha256(tensors["kv"]), "tokens": persist._sha256(tensors["tokens"])}
-    save_file(tensors, str(out), metadata=persist._metadata(manifest))
+        manifest["sha256"] = {
+            "kv": fileformat.sha256_hex(tensors["kv"]),
+            "tokens": fileformat.sha256_hex(tensors["tokens"]),
+        }
+    save_file(tensors, str(out), metadata=fileformat.manifest_metadata(manifest))
     return out
 
 

@@ -22,8 +22,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 
 import prefixcache
 from prefixcache import Hit, PrefixCache
-from prefixcache.quant import QuantizedKVPool
-from prefixcache.radix import DEVICE, HOST
+from prefixcache.kv import Int8Codec
+from prefixcache.tree import DEVICE, HOST
 
 from .fake_kv import LAYERS, assert_kv_is, fake_kv
 from .hooked_model import TOKEN_BYTES as MODEL_TOKEN_BYTES
@@ -49,7 +49,7 @@ def put(c: PrefixCache, tokens: list[int], namespace: Hashable = None) -> int:
 def where(c: PrefixCache, tokens: list[int]) -> set[int]:
     """The tiers holding the nodes of ``tokens``' cached path (without touching it)."""
     tiers = set()
-    node, pos = c.tree._roots.get(None), 0
+    node, pos = c.tree.root(None), 0
     while node is not None and pos < len(tokens):
         node = node.children.get(tokens[pos])
         if node is None:
@@ -185,7 +185,7 @@ def test_bad_tier_arguments_are_refused(kwargs: dict[str, Any], exc: type[Except
 def test_an_int8_host_tier_takes_fewer_bytes_and_stays_close() -> None:
     c = PrefixCache(LAYERS, 8 * TOKEN_BYTES, dtype=torch.float64, host_budget=16 * 96, host_dtype=torch.int8)
     host = c.host_pool
-    assert isinstance(host, QuantizedKVPool) and host.bytes_per_token < c.pool.bytes_per_token
+    assert isinstance(host.codec, Int8Codec) and host.bytes_per_token < c.pool.bytes_per_token
     put(c, A)
     put(c, B)
     with c.match(A) as hit:
@@ -224,7 +224,7 @@ def test_a_user_pin_keeps_a_prefix_on_the_device_until_unpinned() -> None:
 def test_pin_refuses_what_is_not_cached_or_not_pinned_and_changes_nothing() -> None:
     c = tiered()
     put(c, A)
-    before = (c.stats, c.tree.n_nodes, c.tree._clock)
+    before = (c.stats, c.tree.n_nodes, c.tree.last_tick)
     with pytest.raises(ValueError, match="only 6 of their 7 tokens are cached"):
         c.pin(A + [9])
     with pytest.raises(ValueError, match="not pinned"):
@@ -233,7 +233,7 @@ def test_pin_refuses_what_is_not_cached_or_not_pinned_and_changes_nothing() -> N
         c.pin([])
     with pytest.raises(TypeError, match="namespace"):
         c.pin(A, namespace=[1])
-    assert (c.stats, c.tree.n_nodes, c.tree._clock) == before
+    assert (c.stats, c.tree.n_nodes, c.tree.last_tick) == before
     c._check()
 
 
@@ -250,8 +250,7 @@ def test_a_pin_that_would_exceed_the_budget_is_refused() -> None:
 
 def test_entries_unused_for_ttl_seconds_are_dropped_but_pinned_ones_stay() -> None:
     now = [0]
-    c = tiered(device_tokens=8, ttl=10)
-    c.tree._now = lambda: now[0]
+    c = tiered(device_tokens=8, ttl=10, clock=lambda: now[0])
     put(c, A)
     put(c, B)  # A on the host
     now[0] = 5 * 10**9

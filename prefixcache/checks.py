@@ -1,0 +1,146 @@
+"""Checks of the arguments callers give, written once.
+
+Each raises ``TypeError`` or ``ValueError`` with a message that names the argument,
+shows the bad value and says what would be accepted.
+"""
+
+from __future__ import annotations
+
+import operator
+from array import array
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .kv.layout import LayerSpec
+
+__all__ = ["INT32_MAX", "TokenIds", "as_tokens", "check_count", "check_kv", "check_namespace", "same_device"]
+
+INT32_MAX = 2**31 - 1
+
+
+class TokenIds(array):
+    """An ``array('i')`` of token ids already checked to be in ``[0, 2**31 - 1]``:
+    :func:`as_tokens` takes it as it is. Made by the code that checked them (a request's
+    input checks); slices and sums of it are plain arrays again."""
+
+    __slots__ = ()
+
+
+def as_tokens(tokens: object, name: str = "tokens") -> array:
+    """Check and convert token ids to the tree's ``array('i')``. O(n).
+
+    Takes a 1-D integer tensor, an ``array('i')`` (returned as it is) or a sequence
+    of ints. Raises ``TypeError`` for anything else (floats, bools, strings, a 2-D
+    tensor) and ``ValueError`` for ids below 0 or above 2**31 - 1.
+
+    >>> as_tokens([3, 1, 2])
+    array('i', [3, 1, 2])
+    >>> as_tokens([3, -1])
+    Traceback (most recent call last):
+    ...
+    ValueError: tokens: token ids must be in [0, 2147483647], got -1
+    """
+    if type(tokens) is TokenIds:
+        return tokens
+    if type(tokens) is array and tokens.typecode == "i":
+        run = tokens
+    elif isinstance(tokens, torch.Tensor):
+        return _tensor_tokens(tokens, name)
+    elif isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
+        raise TypeError(f"{name}: expected a sequence of ints, got {type(tokens).__name__}")
+    else:
+        for t in tokens if set(map(type, tokens)) - {int} else ():
+            if isinstance(t, bool) or not hasattr(type(t), "__index__"):
+                raise TypeError(f"{name}: expected token ids as ints, got {t!r} of type {type(t).__name__}")
+        try:
+            run = array("i", map(operator.index, tokens))
+        except OverflowError:
+            bad = next(t for t in map(operator.index, tokens) if not 0 <= t <= INT32_MAX)
+            raise ValueError(f"{name}: token ids must be in [0, {INT32_MAX}], got {bad}") from None
+    if run:
+        low = int(np.frombuffer(run, dtype=np.int32).min())
+        if low < 0:
+            raise ValueError(f"{name}: token ids must be in [0, {INT32_MAX}], got {low}")
+    return run
+
+
+def _tensor_tokens(tokens: torch.Tensor, name: str) -> array:
+    if tokens.is_meta:
+        raise ValueError(f"{name}: a tensor on the meta device holds no token ids; give one with data")
+    if tokens.dim() != 1 or tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise TypeError(
+            f"{name}: expected a 1-D integer tensor or a sequence of ints, "
+            f"got a {tokens.dim()}-D tensor of {tokens.dtype}"
+        )
+    values = tokens.detach().cpu().numpy()
+    if values.size and (int(values.min()) < 0 or int(values.max()) > INT32_MAX):
+        raise ValueError(f"{name}: token ids must be in [0, {INT32_MAX}], got {values.min()}..{values.max()}")
+    return array("i", values.astype(np.int32).tobytes())
+
+
+def check_count(value: object, name: str) -> int:
+    """Return ``value`` if it is an int >= 0 (not a bool), else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+    return value
+
+
+def check_namespace(namespace: object) -> Hashable:
+    """Return ``namespace`` if it is hashable, else raise ``TypeError``."""
+    try:
+        hash(namespace)
+    except TypeError:
+        raise TypeError(
+            f"namespace: expected a hashable value (a str, an int, a tuple, None), "
+            f"got {namespace!r} of type {type(namespace).__name__}"
+        ) from None
+    return namespace
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` and ``b`` are one device (``"cuda"`` names the current one: any index matches)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def check_kv(kv: Any, layers: Sequence[LayerSpec], device: torch.device, *, positions: int, row: int) -> None:
+    """Raise unless ``kv`` is one ``(key_states, value_states)`` pair per layer of ``layers``,
+    each ``[batch > row, kv_heads, >= positions, head_dim]``, floating point and on ``device``.
+
+    ``TypeError`` for the wrong kinds of objects or dtypes, ``ValueError`` for wrong
+    shapes or another device; each names the offending layer. O(layers).
+    """
+    if isinstance(kv, (str, bytes)) or not (hasattr(kv, "__len__") and hasattr(kv, "__getitem__")):
+        raise TypeError(f"kv: expected one (key_states, value_states) pair per layer, got {type(kv).__name__}")
+    if len(kv) != len(layers):
+        raise ValueError(f"kv: expected {len(layers)} layers, got {len(kv)}")
+    for i, spec in enumerate(layers):
+        layer = kv[i]
+        if type(layer) is not tuple and (
+            isinstance(layer, (str, bytes)) or not (hasattr(layer, "__len__") and hasattr(layer, "__getitem__"))
+        ):
+            raise TypeError(f"kv[{i}]: expected a (key_states, value_states) pair, got {type(layer).__name__}")
+        if len(layer) < 2:
+            raise ValueError(f"kv[{i}]: expected (key_states, value_states), got {len(layer)} items")
+        for part, tensor, dim in (("key", layer[0], spec.key_dim), ("value", layer[1], spec.value_dim)):
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"kv[{i}] {part}_states: expected a tensor, got {type(tensor).__name__}")
+            shape = tensor.shape
+            if (
+                len(shape) != 4
+                or shape[1] != spec.kv_heads
+                or shape[3] != dim
+                or shape[2] < positions
+                or shape[0] <= row
+            ):
+                raise ValueError(
+                    f"kv[{i}] {part}_states: expected [batch > {row}, {spec.kv_heads}, >= {positions}, {dim}], "
+                    f"got {list(shape)}"
+                )
+            if not tensor.dtype.is_floating_point:
+                raise TypeError(f"kv[{i}] {part}_states: expected a floating-point tensor, got {tensor.dtype}")
+            where = tensor.device
+            if where != device and not same_device(where, device):
+                raise ValueError(f"kv[{i}] {part}_states: on {where}, but the pool is on {device}; move it there first")

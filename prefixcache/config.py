@@ -1,0 +1,173 @@
+"""The cache's options, in one frozen object checked when made, and byte budgets.
+
+Every entry point that builds a cache (``wrap``, ``CachedModel``, ``PrefixCache``)
+takes these options as keyword arguments or as a ready ``CacheConfig``; the list
+of options and their checks live here alone.
+
+>>> CacheConfig(budget="2GiB", ttl=60).budget_bytes
+2147483648
+>>> CacheConfig.of(hots_budget="1GiB")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+TypeError: hots_budget: no such option; the options are budget, host_budget, host_dtype, ttl, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+__all__ = ["DEFAULT_BUDGET", "UNSET", "CacheConfig", "Unset", "parse_budget"]
+
+DEFAULT_BUDGET = "1GiB"
+
+
+class Unset(enum.Enum):
+    """The type of :data:`UNSET`."""
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
+"""An argument not given (``None`` may be a value someone passed by mistake)."""
+
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_PATTERN = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*")
+_ACCEPTED = (
+    'a positive int of bytes, or a string such as "4GiB", "512MB", "1.5GB" '
+    "(units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+)
+
+
+def parse_budget(budget: int | str, name: str = "budget") -> int:
+    """Return ``budget`` in bytes, rounded down to a whole byte.
+
+    SI units are powers of 1000 and IEC units powers of 1024; unit letters are
+    case-insensitive. Raises ``TypeError`` for anything but an int or a str and
+    ``ValueError`` for a string that does not parse or a value below one byte,
+    naming ``name`` in the message.
+
+    >>> parse_budget("4GiB"), parse_budget("1.5GB"), parse_budget(512)
+    (4294967296, 1500000000, 512)
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, str)):
+        raise TypeError(f"{name}: expected {_ACCEPTED}; got {budget!r} of type {type(budget).__name__}")
+    if isinstance(budget, int):
+        value = budget
+    else:
+        found = _PATTERN.fullmatch(budget)
+        unit = found.group(2).lower() if found else ""
+        if found is None or (unit and unit not in _UNITS):
+            raise ValueError(f"{name}: cannot read {budget!r}; expected {_ACCEPTED}")
+        value = math.floor(Fraction(found.group(1)) * _UNITS[unit or "b"])
+    if value < 1:
+        raise ValueError(f"{name}: must be at least one byte, got {budget!r}; expected {_ACCEPTED}")
+    return value
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """What a prefix cache may hold and for how long. Checked when made; unknown options
+    are an error.
+
+    Raises ``TypeError`` or ``ValueError`` naming the option, the value and what is
+    accepted. Whether a budget holds at least one token depends on the model, so that
+    is checked when the pool is made.
+    """
+
+    budget: int | str = DEFAULT_BUDGET
+    """Bytes the KV pool on the model's device may take (``"4GiB"``, ``"512MB"``, an int)."""
+    host_budget: int | str | None = None
+    """Bytes of a second tier in host memory that KV evicted from the device moves to
+    (page-locked when the model is on a GPU); ``None``: no host tier."""
+    host_dtype: torch.dtype | None = None
+    """The host tier's dtype: ``None`` (the model's), another floating dtype, or
+    ``torch.int8`` (quantized with a scale per token, layer, K or V, and head; it
+    changes outputs slightly)."""
+    ttl: float | None = None
+    """Seconds after which an entry nobody used is dropped (checked on each request);
+    ``None``: never."""
+    remote: str | None = dataclasses.field(default=None, repr=False)  # its password stays out of logs
+    """``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``): a tier below the others,
+    in a Redis server shared by every process that names it (see :mod:`prefixcache.remote`).
+    ``None``: none."""
+    remote_chunk_tokens: int = 256
+    """Tokens per chunk stored in the remote tier (processes sharing KV must agree)."""
+    shared_wait: float = 30.0
+    """Seconds a request may wait for another request of this process that is computing the
+    same uncached prefix, rather than compute it too (see :mod:`prefixcache.claims`); 0: never wait."""
+
+    def __post_init__(self) -> None:
+        parse_budget(self.budget, "budget")
+        if self.host_budget is not None:
+            parse_budget(self.host_budget, "host_budget")
+        elif self.host_dtype is not None:
+            raise ValueError(
+                f"host_dtype: {self.host_dtype!r} given without a host_budget; give one to use a host tier"
+            )
+        host_dtype = self.host_dtype
+        if host_dtype is not None and not (
+            isinstance(host_dtype, torch.dtype) and (host_dtype == torch.int8 or host_dtype.is_floating_point)
+        ):
+            raise TypeError(
+                f"host_dtype: expected None, torch.int8 or a floating-point torch.dtype, got {host_dtype!r}"
+            )
+        if self.remote is not None:
+            from .remote.url import parse_redis_url  # checks the URL; no connection is made
+
+            parse_redis_url(self.remote, name="remote")
+        chunk = self.remote_chunk_tokens
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 1 << 20:
+            raise ValueError(f"remote_chunk_tokens: expected an int in [1, 2**20], got {chunk!r}")
+        wait = self.shared_wait
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
+            raise ValueError(f"shared_wait: expected a number of seconds >= 0, got {wait!r}")
+        ttl = self.ttl
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0 or ttl == float("inf")
+        ):
+            raise ValueError(f"ttl: expected a number of seconds > 0 (or None for no expiry), got {ttl!r}")
+
+    @classmethod
+    def of(cls, config: CacheConfig | None = None, budget: Any = UNSET, **options: Any) -> CacheConfig:
+        """``config`` (or the defaults) with ``budget`` (when given) and ``options`` replaced;
+        ``TypeError`` for an option that does not exist or a ``config`` that is not a
+        CacheConfig."""
+        if budget is not UNSET:
+            options["budget"] = budget
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in options:
+            if key not in names:
+                raise TypeError(f"{key}: no such option; the options are {', '.join(names)}")
+        if config is None:
+            return cls(**options)
+        if not isinstance(config, cls):
+            raise TypeError(f"config: expected a CacheConfig, got {type(config).__name__}")
+        return dataclasses.replace(config, **options) if options else config
+
+    @property
+    def budget_bytes(self) -> int:
+        """``budget`` in bytes."""
+        return parse_budget(self.budget)
+
+    @property
+    def ttl_ns(self) -> int | None:
+        """``ttl`` in nanoseconds (at least 1), or None."""
+        return None if self.ttl is None else max(1, int(self.ttl * 1e9))

@@ -1,0 +1,216 @@
+"""Which models a prefix cache can serve exactly, and the probe that reads their KV shape.
+
+A cached prefix may be reused only if a token's KV depends on nothing but the
+tokens before it. The config rules refuse what is known not to (sliding-window or
+chunked attention, recurrent or hybrid state, encoder-decoder models); the rotary
+rule (:mod:`prefixcache.rope`) says where a rotation that also depends on the
+sequence's length still allows reuse, and refuses an unknown rotary type; the probe
+runs a short prompt, reads every layer's KV shape, dtype and device, and (unless
+told not to) checks that the logits computed on a cached first part equal those of
+the whole prompt: across each length where the config suggests a rotation might
+change, then for a short prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from ..errors import UnsupportedModelError
+from ..kv.layout import LayerSpec
+from ..rope import RopeKind, RopeRule, classify, probe_pairs, probe_thresholds
+from .kvcache import cache_layers
+
+__all__ = ["SPLIT_TOLERANCE", "input_device", "probe", "refuse_by_config", "rope_rule", "vocab_size"]
+
+logger = logging.getLogger("prefixcache")
+
+
+def refuse_by_config(config: Any) -> None:
+    """Refuse, from the config alone, models whose KV is not a function of the tokens before it."""
+    name = getattr(config, "model_type", type(config).__name__)
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(f"model type {name!r}: encoder-decoder models are not supported")
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types is not None:
+        odd = sorted({t for t in layer_types if t != "full_attention"})
+        if odd:
+            raise UnsupportedModelError(
+                f"model type {name!r}: layers of type {odd} (only full causal attention in every layer can "
+                "reuse a cached prefix exactly)"
+            )
+    else:
+        window = getattr(text, "sliding_window", None)
+        if window is not None and getattr(text, "use_sliding_window", True):
+            raise UnsupportedModelError(
+                f"model type {name!r}: sliding-window attention (sliding_window={window}) makes a token's "
+                "KV and outputs depend on how far back it may look"
+            )
+        if getattr(text, "attention_chunk_size", None) is not None:
+            raise UnsupportedModelError(f"model type {name!r}: chunked attention is not supported")
+
+
+def rope_rule(model: Any) -> RopeRule:
+    """The reuse rule of the model's rotary embedding (see :mod:`prefixcache.rope`), from its
+    config and the types its rotary modules report; refuses an unknown type."""
+    config = model.config
+    name = getattr(config, "model_type", type(config).__name__)
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    rule = classify(text, known_types=ROPE_INIT_FUNCTIONS, module_types=_rotary_module_types(model))
+    if rule.kind is RopeKind.UNKNOWN:
+        raise UnsupportedModelError(
+            f"model type {name!r}: {rule.why}; reusing its cached prefixes could change its outputs"
+        )
+    if rule.kind is RopeKind.LENGTH_DEPENDENT:
+        logger.info("prefixcache: model type %r: %s", name, rule.why)
+    return rule
+
+
+def _rotary_module_types(model: Any) -> set[str]:
+    """The ``rope_type`` of every rotary module of ``model`` (one per layer type where they differ)."""
+    found: set[str] = set()
+    for module in model.modules():
+        value = getattr(module, "rope_type", None) if type(module).__name__.endswith("RotaryEmbedding") else None
+        values = value.values() if isinstance(value, dict) else [value]
+        found.update(v for v in values if isinstance(v, str))
+    return found
+
+
+def probe(model: Any, *, check: bool, rope: RopeRule) -> tuple[list[LayerSpec], torch.dtype, torch.device]:
+    """Run a short prompt to read every layer's KV shape, dtype and device, and (with
+    ``check``) compare the logits of prompts run whole and in two parts: across the
+    lengths where the config suggests a rotation might change (where ``rope`` lets a
+    prefix be reused there), then a short one."""
+    name = getattr(model.config, "model_type", type(model).__name__)
+    n = 12
+    generator = torch.Generator().manual_seed(0)
+    device = input_device(model)
+    ids = torch.randint(0, vocab_size(model), (1, n), generator=generator).to(device)
+    with torch.no_grad():
+        try:
+            whole = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+        except Exception as err:
+            raise UnsupportedModelError(
+                f"model type {name!r}: a forward pass with a DynamicCache failed ({type(err).__name__}: {err})"
+            ) from err
+        returned = getattr(whole, "past_key_values", None)
+        layers = cache_layers(returned, strict=True)
+        if layers is None:
+            raise UnsupportedModelError(
+                f"model type {name!r}: its cache after a forward pass is {type(returned).__name__}, "
+                "not a plain per-layer key/value DynamicCache"
+            )
+        specs = []
+        for i, (keys, values) in enumerate(layers):
+            if keys.dim() != 4 or keys.shape[2] != n or values.shape[2] != n or keys.shape[1] != values.shape[1]:
+                raise UnsupportedModelError(
+                    f"model type {name!r}: layer {i} keeps keys {list(keys.shape)} and values "
+                    f"{list(values.shape)} for {n} tokens, not [1, kv_heads, {n}, head_dim]"
+                )
+            specs.append(LayerSpec(int(keys.shape[1]), int(keys.shape[3]), int(values.shape[3])))
+        dtype, kv_device = layers[0][0].dtype, layers[0][0].device
+        if any(k.device != kv_device or k.dtype != dtype for k, _ in layers):
+            raise UnsupportedModelError(
+                f"model type {name!r}: its layers keep KV on several devices or dtypes; put the model on one device"
+            )
+        if check:
+            _check_thresholds(model, rope, name)
+            # Last, and short: it leaves a dynamic NTK rotary embedding in its original state.
+            _check_split_run(model, ids, whole.logits, name)
+    return specs, dtype, kv_device
+
+
+SPLIT_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3}
+"""Logits computed on a cached prefix and without it agree within this times (1 + the largest
+logit's magnitude), by dtype; 5e-2 for any other."""
+
+# The longest prompt the threshold probe runs: a few forward passes this long are cheap
+# next to loading a model, and cover Phi-3's 4,096-token threshold.
+_PROBE_MAX_TOKENS = 4160
+
+
+def _split_difference(
+    model: Any, ids: torch.Tensor, split: int, whole_logits: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """The largest difference between the logits of ``ids[:, split:]`` computed on top of the
+    cached KV of ``ids[:, :split]`` and those of ``ids`` run whole, and the difference allowed."""
+    with torch.no_grad():
+        if whole_logits is None:
+            whole_logits = model(input_ids=ids, use_cache=False).logits
+        first = model(input_ids=ids[:, :split], past_key_values=DynamicCache(config=model.config), use_cache=True)
+        rest = model(input_ids=ids[:, split:], past_key_values=first.past_key_values, use_cache=True)
+    want = whole_logits[:, split:].double()
+    got = rest.logits.double()
+    tolerance = SPLIT_TOLERANCE.get(whole_logits.dtype, 5e-2)
+    return float((got - want).abs().max()), tolerance * (1.0 + float(want.abs().max()))
+
+
+def _check_split_run(model: Any, ids: torch.Tensor, whole_logits: torch.Tensor, name: str) -> None:
+    """The logits of the last tokens computed on top of the first tokens' cached KV must
+    be those of the whole prompt, as they are when KV depends only on earlier tokens."""
+    diff, allowed = _split_difference(model, ids, ids.shape[1] // 2, whole_logits)
+    if not diff <= allowed:
+        raise UnsupportedModelError(
+            f"model type {name!r}: logits computed on a cached prefix differ from those of the whole prompt "
+            f"by {diff:.3g} (allowed {allowed:.3g}); its KV must depend on more than the tokens "
+            "before each position"
+        )
+
+
+def _check_thresholds(model: Any, rule: RopeRule, name: str) -> None:
+    """Around each length where the config suggests a rotation might change
+    (``original_max_position_embeddings``, or ``max_position_embeddings`` with a rotary
+    factor), a prefix must give the whole prompt's logits wherever ``rule`` lets it be
+    reused; this catches a model whose KV depends on the length when its config does not
+    say so. Thresholds needing prompts over ``_PROBE_MAX_TOKENS`` are not probed."""
+    config = model.config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    generator = torch.Generator().manual_seed(1)
+    for threshold in probe_thresholds(text):
+        pairs = [(prefix, whole) for prefix, whole in probe_pairs(threshold) if rule.may_reuse(prefix, whole)]
+        if not pairs:
+            continue
+        longest = max(whole for _, whole in pairs)
+        if longest > _PROBE_MAX_TOKENS:
+            logger.info(
+                "prefixcache: model type %r: not probed across %d tokens (%d-token prompts are too slow for "
+                "a check in wrap); wrap(verify=) checks requests of any length",
+                name,
+                threshold,
+                longest,
+            )
+            continue
+        ids = torch.randint(0, vocab_size(model), (1, longest), generator=generator).to(input_device(model))
+        for prefix, whole in pairs:
+            diff, allowed = _split_difference(model, ids[:, :whole], prefix)
+            if not diff <= allowed:
+                described = ", ".join(rule.rope_types) or "none"
+                raise UnsupportedModelError(
+                    f"model type {name!r}: logits of a {whole}-token prompt computed on the cached KV of its "
+                    f"first {prefix} tokens differ from those of the prompt run whole by {diff:.3g} (allowed "
+                    f"{allowed:.3g}): its KV depends on the sequence's length around {threshold} tokens, which its "
+                    f"rotary configuration ({described}) does not account for"
+                )
+
+
+def vocab_size(model: Any) -> int:
+    """Token ids the model accepts: the rows of its input embedding."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and hasattr(embeddings, "num_embeddings"):
+        return int(embeddings.num_embeddings)
+    return int(model.config.get_text_config(decoder=True).vocab_size)
+
+
+def input_device(model: Any) -> torch.device:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and hasattr(embeddings, "weight"):
+        return embeddings.weight.device
+    return torch.device(model.device)
+
+
+# -- models to run without a download -------------------------------------------------

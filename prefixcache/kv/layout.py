@@ -1,0 +1,135 @@
+"""The shape of one token's cached keys and values, and how they sit in a pool row.
+
+A pool row holds one token's K and V of every layer side by side; for each layer
+its K and its V are a block of columns (the layer's K slab and V slab):
+
+    row s:  | K layer 0 | V layer 0 | K layer 1 | V layer 1 | ... |
+              H0 * Dk0    H0 * Dv0    H1 * Dk1    H1 * Dv1
+
+so a token costs ``2 x layers x kv_heads x head_dim x dtype size`` bytes when every
+layer has the same shape, and a read of n tokens is one slice or one
+``index_select`` whatever the number of layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["KVLayout", "LayerKV", "LayerSpec"]
+
+LayerKV = tuple[torch.Tensor, torch.Tensor]
+"""One layer's ``(key_states, value_states)``, each ``[batch, kv_heads, seq, head_dim]``."""
+
+
+class LayerSpec(NamedTuple):
+    """The shape of one layer's cached keys and values for one token."""
+
+    kv_heads: int
+    key_dim: int
+    value_dim: int
+
+    @property
+    def width(self) -> int:
+        """Elements one token takes in this layer, keys and values together."""
+        return self.kv_heads * (self.key_dim + self.value_dim)
+
+
+class KVLayout:
+    """Where each layer's K and V sit in a row of ``width`` elements.
+
+    Raises ``TypeError``/``ValueError`` naming ``layers`` (or ``layers[i]``) for
+    anything but a non-empty sequence of three positive ints each.
+
+    >>> layout = KVLayout([(2, 4, 4), (1, 8, 8)])
+    >>> layout.width, layout.blocks
+    (32, ((0, 8, 16), (16, 24, 32)))
+    """
+
+    __slots__ = ("blocks", "layers", "uniform", "width")
+
+    def __init__(self, layers: object) -> None:
+        self.layers: tuple[LayerSpec, ...] = _layer_specs(layers)
+        blocks = []
+        col = 0
+        for spec in self.layers:
+            kstart = col
+            vstart = kstart + spec.kv_heads * spec.key_dim
+            col = vstart + spec.kv_heads * spec.value_dim
+            blocks.append((kstart, vstart, col))
+        self.blocks: tuple[tuple[int, int, int], ...] = tuple(blocks)
+        """Per layer (first K column, first V column, end of V)."""
+        self.width = col
+        """Elements in a row."""
+        first = self.layers[0]
+        self.uniform = all(s == first for s in self.layers) and first.key_dim == first.value_dim
+        """Every layer's K and V have one shape: a row is ``[2 * layers, kv_heads, head_dim]``."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KVLayout) and other.layers == self.layers
+
+    def __hash__(self) -> int:
+        return hash(self.layers)
+
+    def __repr__(self) -> str:
+        return f"KVLayout({list(self.layers)})"
+
+    def split(self, rows: torch.Tensor) -> list[LayerKV]:
+        """Per-layer ``(keys, values)`` views of ``rows`` (``[n, width]``), each
+        ``[1, kv_heads, n, head_dim]``. O(layers) views, no copy."""
+        n = rows.shape[0]
+        if self.uniform:
+            spec = self.layers[0]
+            parts = rows.view(n, 2 * len(self.layers), spec.kv_heads, spec.key_dim).permute(1, 2, 0, 3)
+            return self.pair(parts.unsqueeze(1).unbind(0))
+        out: list[LayerKV] = []
+        for spec, (k0, v0, end) in zip(self.layers, self.blocks, strict=True):
+            keys = rows[:, k0:v0].view(n, spec.kv_heads, spec.key_dim).transpose(0, 1).unsqueeze(0)
+            values = rows[:, v0:end].view(n, spec.kv_heads, spec.value_dim).transpose(0, 1).unsqueeze(0)
+            out.append((keys, values))
+        return out
+
+    def stacked(self, table: torch.Tensor) -> torch.Tensor | None:
+        """For a uniform layout, ``table`` (``[capacity, width]``) seen as
+        ``[2 * layers, 1, kv_heads, capacity, head_dim]`` (K and V of each layer in turn):
+        a run of slots is then one slice along dim 3. None when the layers differ."""
+        if not self.uniform:
+            return None
+        spec = self.layers[0]
+        view = table.view(table.shape[0], 2 * len(self.layers), spec.kv_heads, spec.key_dim)
+        return view.permute(1, 2, 0, 3).unsqueeze(1)
+
+    @staticmethod
+    def pair(parts: Sequence[torch.Tensor]) -> list[LayerKV]:
+        """``[K0, V0, K1, V1, ...]`` as ``[(K0, V0), (K1, V1), ...]``."""
+        return list(zip(parts[0::2], parts[1::2], strict=True))
+
+    def rows_of(self, kv: Sequence[LayerKV], start: int, n: int, row: int, out: torch.Tensor) -> None:
+        """Write the KV of positions ``start .. start + n - 1`` of batch row ``row`` of ``kv``
+        (per layer ``[batch, kv_heads, seq, head_dim]``) into ``out`` (``[n, width]``)."""
+        for spec, (k0, v0, end), layer in zip(self.layers, self.blocks, kv, strict=True):
+            keys, values = layer[0][row, :, start : start + n], layer[1][row, :, start : start + n]
+            out[:, k0:v0].view(n, spec.kv_heads, spec.key_dim).copy_(keys.transpose(0, 1))
+            out[:, v0:end].view(n, spec.kv_heads, spec.value_dim).copy_(values.transpose(0, 1))
+
+
+def _layer_specs(layers: object) -> tuple[LayerSpec, ...]:
+    """``layers`` as LayerSpecs, each three positive ints, or a clear error naming the bad one."""
+    if isinstance(layers, KVLayout):
+        return layers.layers
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        raise TypeError(f"layers: expected a sequence of (kv_heads, key_dim, value_dim), got {layers!r}")
+    if not layers:
+        raise ValueError("layers: expected at least one LayerSpec, got none")
+    specs = []
+    for i, spec in enumerate(layers):
+        if isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence):
+            raise TypeError(f"layers[{i}]: expected (kv_heads, key_dim, value_dim), got {spec!r}")
+        if len(spec) != 3:
+            raise ValueError(f"layers[{i}]: expected three sizes (kv_heads, key_dim, value_dim), got {spec!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in spec):
+            raise ValueError(f"layers[{i}]: every size must be a positive int, got {tuple(spec)!r}")
+        specs.append(LayerSpec(*spec))
+    return tuple(specs)

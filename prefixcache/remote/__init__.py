@@ -1,0 +1,23 @@
+"""A KV tier in Redis, below the device and host pools, shared by every process that names the same server.
+
+Importing this package does not import redis-py; making a :class:`RemoteTier` does.
+"""
+
+from .codec import ChunkError
+from .layout import DEFAULT_CHUNK_TOKENS, ChunkLayout
+from .stats import RemoteStats
+from .tier import RemoteRows, RemoteTier
+from .url import RedisURL, parse_redis_url
+from .writer import RowsProvider
+
+__all__ = [
+    "DEFAULT_CHUNK_TOKENS",
+    "ChunkError",
+    "ChunkLayout",
+    "RedisURL",
+    "RemoteRows",
+    "RemoteStats",
+    "RemoteTier",
+    "RowsProvider",
+    "parse_redis_url",
+]

@@ -1,0 +1,22 @@
+"""The radix tree: token runs to pool slots, pins, tiers, and the eviction order."""
+
+from .node import DEVICE, HOST, EvictResult, InsertResult, MatchResult, Node, Root, Tier, as_run, common_length
+from .order import EvictionOrder, is_candidate
+from .radix import ALL, RadixTree
+
+__all__ = [
+    "ALL",
+    "DEVICE",
+    "HOST",
+    "EvictResult",
+    "EvictionOrder",
+    "InsertResult",
+    "MatchResult",
+    "Node",
+    "RadixTree",
+    "Root",
+    "Tier",
+    "as_run",
+    "common_length",
+    "is_candidate",
+]

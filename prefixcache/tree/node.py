@@ -1,0 +1,186 @@
+"""The radix tree's nodes, its tiers, and what its operations return.
+
+Token runs are ``array('i')`` (int32: slices copy and compare in C, a token takes
+4 bytes); slots are ``array('q')``.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Hashable, Sequence
+from enum import IntEnum
+from typing import NamedTuple
+
+__all__ = [
+    "DEVICE",
+    "HOST",
+    "EvictResult",
+    "InsertResult",
+    "MatchResult",
+    "Node",
+    "Root",
+    "Tier",
+    "as_run",
+    "common_length",
+    "namespace_of",
+    "path_length",
+    "path_slots",
+    "path_tokens",
+]
+
+Run = array  # array('i') of token ids
+
+
+class Tier(IntEnum):
+    """Where a node's KV lives."""
+
+    DEVICE = 0
+    """The pool on the model's device."""
+    HOST = 1
+    """A second, cheaper pool that evicted KV moves to."""
+
+
+DEVICE = Tier.DEVICE
+HOST = Tier.HOST
+
+
+def as_run(tokens: Sequence[int]) -> Run:
+    """``tokens`` as an ``array('i')``: returned as is when it already is one. O(n).
+
+    Raises ``OverflowError`` for an id outside int32 and ``TypeError`` for a non-int.
+    """
+    if isinstance(tokens, array) and tokens.typecode == "i":
+        return tokens
+    return array("i", tokens)
+
+
+class Node:
+    """One edge of the tree and the node it leads to.
+
+    ``key`` is the edge's token run and ``slots`` the slot of each of those tokens in
+    the pool of ``tier``. ``pins`` counts the pins whose path runs through this node;
+    a node with pins is never evicted nor moved to the host. ``tick`` is the tree's
+    clock at the last access. ``device_children`` counts the children whose KV is on
+    the device.
+    """
+
+    __slots__ = ("children", "device_children", "key", "parent", "pins", "slots", "tick", "tier")
+
+    def __init__(self, key: Run, slots: array, parent: Node | None, tick: int, tier: Tier = DEVICE) -> None:
+        self.key = key
+        self.slots = slots
+        self.parent = parent
+        self.children: dict[int, Node] = {}
+        self.pins = 0
+        self.tick = tick
+        self.tier = tier
+        self.device_children = 0
+
+    def __repr__(self) -> str:
+        head = ", ".join(map(str, self.key[:4])) + (", ..." if len(self.key) > 4 else "")
+        where = "device" if self.tier == DEVICE else "host"
+        return f"Node(key=[{head}], tokens={len(self.key)}, {where}, pins={self.pins}, tick={self.tick})"
+
+
+class Root(Node):
+    """The root of one namespace: no tokens, never pinned, never evicted."""
+
+    __slots__ = ("namespace",)
+
+    def __init__(self, namespace: Hashable, tick: int) -> None:
+        super().__init__(array("i"), array("q"), None, tick)
+        self.namespace = namespace
+
+
+class MatchResult(NamedTuple):
+    """The longest cached prefix of a token sequence."""
+
+    length: int
+    """How many leading tokens are cached."""
+    slots: array
+    """The pool slot of each of those tokens, in order (``len(slots) == length``)."""
+    node: Node | None
+    """The node whose path ends exactly at ``length``; pin it to keep the prefix.
+    ``None`` when the namespace holds nothing yet."""
+
+
+class InsertResult(NamedTuple):
+    """What an insert found already cached and what it added."""
+
+    prefix_length: int
+    """Leading tokens that were already cached. Their slots in the tree are the old
+    ones: the caller's ``slots[:prefix_length]`` were not taken and are the caller's
+    to free."""
+    node: Node
+    """The node whose path ends exactly at the end of the inserted sequence."""
+
+
+class EvictResult(NamedTuple):
+    """What an eviction removed from the tree."""
+
+    n_tokens: int
+    """Tokens removed from the tree, both tiers (may exceed what was asked: nodes go whole)."""
+    slots: array
+    """Their device pool slots, now owned by nobody: the caller frees them."""
+    host_slots: array
+    """Their host pool slots, likewise."""
+    moved: int = 0
+    """Device tokens that moved to the host tier instead (see ``RadixTree.evict``'s ``demote``)."""
+
+
+# -- a node's path ----------------------------------------------------------------------
+
+
+def namespace_of(node: Node) -> Hashable:
+    """The namespace whose root ``node`` hangs under. O(depth)."""
+    while node.parent is not None:
+        node = node.parent
+    assert isinstance(node, Root)
+    return node.namespace
+
+
+def path_tokens(node: Node) -> Run:
+    """The whole token sequence from the root to the end of ``node``. O(depth + length)."""
+    parts: list[Run] = []
+    cur: Node | None = node
+    while cur is not None:
+        parts.append(cur.key)
+        cur = cur.parent
+    run = array("i")
+    for part in reversed(parts):
+        run += part
+    return run
+
+
+def path_slots(node: Node | None) -> array:
+    """The slots of every token from the root to the end of ``node``. O(depth + length)."""
+    parts: list[array] = []
+    while node is not None and node.parent is not None:
+        parts.append(node.slots)
+        node = node.parent
+    return array("q", b"".join(reversed(parts)))
+
+
+def path_length(node: Node | None) -> int:
+    """Tokens from the root to the end of ``node``. O(depth)."""
+    n = 0
+    while node is not None and node.parent is not None:
+        n += len(node.key)
+        node = node.parent
+    return n
+
+
+def common_length(key: Run, tokens: Run, pos: int) -> int:
+    """Length of the common prefix of ``key`` and ``tokens[pos:]``, known to be >= 1.
+
+    A binary search over slice compares: O(len(key)) element compares in C and
+    O(log len(key)) Python steps, instead of a Python loop per token.
+    """
+    lo, hi = 1, min(len(key), len(tokens) - pos)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if key[lo:mid] == tokens[pos + lo : pos + mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
