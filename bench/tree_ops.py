@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prefixcache.radix import RadixTree
+from prefixcache.tree import RadixTree
 
 VOCAB = 32_000
 

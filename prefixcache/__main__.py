@@ -5,6 +5,9 @@ python -m prefixcache bench --workload all --json out.json --plot out.png
 python -m prefixcache bench --budget 1GiB,64MiB,16MiB   # a budget sweep
 python -m prefixcache bench --workload chat --budget 16MiB --host-budget 1GiB   # with and without a host tier
 python -m prefixcache bench --model Qwen/Qwen2.5-0.5B --device cuda --dtype bfloat16
+python -m prefixcache bench --preset llama-1b --device cuda --dtype bfloat16 --systems no-cache,prefixcache,ideal,hf-cb
+python -m prefixcache bench --batch 8               # left-padded batches of 8, as evaluation harnesses send them
+python -m prefixcache bench --overhead              # also the cache's cost per request, tiny and default model
 python -m prefixcache bench --quick                 # a smoke test under a minute
 python -m prefixcache demo                          # one cached request, explained
 """
@@ -12,6 +15,7 @@ python -m prefixcache demo                          # one cached request, explai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -19,11 +23,14 @@ from typing import Any
 
 import torch
 
-from .budget import parse_budget
+from .config import parse_budget
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_REQUESTS = {"fewshot": 100, "chat": 40, "unique": 40}
 QUICK_REQUESTS = {"fewshot": 12, "chat": 8, "unique": 6}
+SYSTEMS = ("no-cache", "hf-manual", "prefixcache", "ideal", "hf-cb")
+DEFAULT_SYSTEMS = "no-cache,hf-manual,prefixcache,ideal"
+OVERHEAD_MODELS = ("tiny", "default")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser("bench", help="run the benchmark")
-    bench.add_argument("--model", help="a local path or hub name (default: the built-in 58M Llama config)")
+    bench.add_argument("--model", help="a local path or hub name (default: a built-in preset)")
+    bench.add_argument(
+        "--preset",
+        default="default",
+        choices=["default", "tiny", "llama-1b"],
+        help="built-in config with seeded random weights: default (58M), tiny, llama-1b (Llama-3.2-1B's shape)",
+    )
     bench.add_argument("--workload", default="fewshot", choices=["fewshot", "chat", "unique", "all"])
     bench.add_argument("--requests", type=int, help="requests per workload (default: 100 fewshot, 40 chat, 40 unique)")
     bench.add_argument("--budget", default="1GiB", help="pool budget, or a comma-separated list for a sweep")
@@ -41,8 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument(
+        "--systems",
+        default=DEFAULT_SYSTEMS,
+        help=f"comma-separated, from {', '.join(SYSTEMS)} (default: {DEFAULT_SYSTEMS}; hf-cb is opt-in)",
+    )
+    bench.add_argument("--batch", type=int, default=1, help="send requests in left-padded batches of N (default 1)")
+    bench.add_argument("--overhead", action="store_true", help="also measure the cache's cost per request")
     bench.add_argument("--json", type=Path, help="write every figure here")
-    bench.add_argument("--plot", type=Path, help="draw time to first token and hit rate here (PNG)")
+    bench.add_argument("--plot", type=Path, help="draw speedups and hit rates here (PNG)")
     bench.add_argument("--quick", action="store_true", help="a short smoke run (not a measurement)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo = commands.add_parser("demo", help="one cached request on the built-in model, explained")
@@ -73,10 +93,22 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(str(err).replace("budget:", "--host-budget:", 1))
     if args.requests is not None and args.requests < 1:
         parser.error(f"--requests: expected at least 1, got {args.requests}")
+    if args.batch < 1:
+        parser.error(f"--batch: expected at least 1, got {args.batch}")
+    if args.model and args.preset != "default":
+        parser.error("--model and --preset: give one of them")
+    chosen = _systems(args.systems, parser)
+    skipped: dict[str, str] = {}
+    if args.batch > 1 and "hf-manual" in chosen:
+        chosen.remove("hf-manual")
+        skipped["hf-manual"] = (
+            "serves one request at a time: the documented recipe reuses one prompt's prefix cache, while in a "
+            "left-padded batch each row's prefix starts at another offset and rows may have different prefixes"
+        )
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     torch.manual_seed(args.seed)
-    model = hf.load_model(args.model, dtype=dtype, device=device, seed=args.seed)
+    model = hf.load_model(args.model, preset=args.preset, dtype=dtype, device=device, seed=args.seed)
     encode = None
     if args.model:
         from transformers import AutoTokenizer
@@ -87,42 +119,102 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     params = sum(p.numel() for p in model.parameters())
     info = report.machine(device)
     print(
-        f"prefixcache bench: seed {args.seed}, model {args.model or 'built-in llama'} "
-        f"({params / 1e6:.0f}M parameters), {args.dtype} on {device}"
+        f"prefixcache bench: seed {args.seed}, model {args.model or 'built-in ' + args.preset} "
+        f"({params / 1e6:.0f}M parameters), {args.dtype} on {device}, "
+        f"batch size {args.batch}, systems {', '.join(chosen)}"
     )
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    for name, why in skipped.items():
+        print(f"{name} not run: {why}")
 
     _warm_up(model, vocab, device)
     names = ["fewshot", "chat", "unique"] if args.workload == "all" else [args.workload]
     counts = QUICK_REQUESTS if args.quick else DEFAULT_REQUESTS
+    host_dtype = torch.int8 if args.host_dtype == "int8" else None
+    largest = max(parse_budget(b) for b in budgets)
     summaries: dict[str, dict[str, Any]] = {}
     for name in names:
         workload = make_workload(
             name, args.requests or counts[name], seed=args.seed, vocab=vocab, encode=encode, quick=args.quick
         )
-        systems: list[System] = [NoCache(model), HfManual(model)]
-        host_dtype = torch.int8 if args.host_dtype == "int8" else None
-        for budget in budgets:
-            label = "prefixcache" if len(budgets) == 1 and not args.host_budget else f"prefixcache[{budget}]"
-            systems.append(PrefixCached(model, budget, name=label))
-            if args.host_budget:
-                label = f"prefixcache[{budget}+host{'-int8' if host_dtype else ''}]"
-                systems.append(PrefixCached(model, budget, label, host_budget=args.host_budget, host_dtype=host_dtype))
-        systems.append(Ideal(model))
+        systems: list[System] = []
+        for system in chosen:
+            if system == "no-cache":
+                systems.append(NoCache(model))
+            elif system == "hf-manual":
+                systems.append(HfManual(model))
+            elif system == "ideal":
+                systems.append(Ideal(model))
+            elif system == "hf-cb":
+                systems.append(_hf_cb(model, largest, workload, parser))
+            else:
+                for budget in budgets:
+                    label = "prefixcache" if len(budgets) == 1 and not args.host_budget else f"prefixcache[{budget}]"
+                    systems.append(PrefixCached(model, budget, name=label))
+                    if args.host_budget:
+                        label = f"prefixcache[{budget}+host{'-int8' if host_dtype else ''}]"
+                        systems.append(
+                            PrefixCached(model, budget, label, host_budget=args.host_budget, host_dtype=host_dtype)
+                        )
         started = time.perf_counter()
         with _progress(len(workload.requests), name, disable=args.no_progress) as bar:
-            result = run_workload(workload, systems, on_request=lambda _: bar.update(1))
+            result = run_workload(
+                workload, systems, batch_size=args.batch, device=device, on_request=lambda _: bar.update(1)
+            )
         summaries[name] = report.summarize(result)
         print(report.table(name, summaries[name]))
         print(f"({time.perf_counter() - started:.0f} s)\n")
+    overhead: dict[str, Any] = {}
+    if args.overhead:
+        from .bench.overhead import measure_preset
+
+        n = 8 if args.quick else 100
+        for preset in OVERHEAD_MODELS:
+            overhead[preset] = measure_preset(
+                preset, device=device, requests=n, seed=args.seed, repeats=1 if args.quick else 3
+            )
+        print(report.overhead_table(overhead))
+        print(f"(float32 on {device}, {n} few-shot requests per model; bench/overhead.py runs the same measurement)\n")
     if args.json:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        report.write_json(args.json, {"config": config, "machine": info, "workloads": summaries})
+        config["systems"] = chosen
+        payload: dict[str, Any] = {"config": config, "machine": info, "skipped": skipped, "workloads": summaries}
+        if overhead:
+            payload["overhead"] = {k: dataclasses.asdict(v) for k, v in overhead.items()}
+        report.write_json(args.json, payload)
         print(f"figures written to {args.json}")
     if args.plot:
-        report.write_plot(args.plot, summaries)
+        title = (
+            f"{args.model or 'built-in ' + args.preset}, {args.dtype} on {info.get('gpu', info['cpu'])}, "
+            f"seed {args.seed}, batch {args.batch}"
+        )
+        report.write_plot(args.plot, summaries, budgets=budgets, title=title)
         print(f"plot written to {args.plot}")
-    return 0 if all(s["outputs_identical"] for s in summaries.values()) else 1
+    ok = all(s["outputs_identical"] for s in summaries.values())
+    ok = ok and all(r.differing == 0 and r.hit_tokens == r.reusable_tokens for r in overhead.values())
+    return 0 if ok else 1
+
+
+def _systems(spec: str, parser: argparse.ArgumentParser) -> list[str]:
+    """The systems named in ``--systems``, no-cache first (it is the reference)."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        parser.error(f"--systems: unknown {unknown}; expected names from {', '.join(SYSTEMS)}")
+    if len(set(names)) != len(names):
+        parser.error(f"--systems: a system named twice in {spec!r}")
+    if "no-cache" not in names:
+        parser.error("--systems: no-cache must be among them (the baseline every figure is measured against)")
+    return ["no-cache"] + [n for n in names if n != "no-cache"]
+
+
+def _hf_cb(model: Any, budget: int, workload: Any, parser: argparse.ArgumentParser) -> Any:
+    from .bench.continuous import HfContinuousBatching
+
+    try:
+        return HfContinuousBatching(model, budget, workload)
+    except ImportError as err:  # an older transformers
+        parser.error(f"--systems hf-cb: needs transformers with ContinuousBatchingConfig ({err})")
 
 
 def _warm_up(model: Any, vocab: int, device: torch.device) -> None:

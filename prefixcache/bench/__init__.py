@@ -1,1 +1,2 @@
-"""The benchmark behind ``python -m prefixcache bench``: workloads, systems, runner, report."""
+"""The benchmark behind ``python -m prefixcache bench``: workloads, systems (``continuous``
+for transformers' continuous batching), runner, report, and the per-request overhead."""

@@ -1,24 +1,33 @@
-"""The systems the benchmark compares, each serving one request at a time.
+"""The systems the benchmark compares. Each serves one batch of requests at a time.
 
 - ``no-cache``: plain ``model.generate``.
 - ``hf-manual``: the reuse the transformers documentation describes: prefill a
   known shared prefix once, then ``generate(..., past_key_values=copy.deepcopy(it))``.
   It is told where each request's shared prefix ends, which real callers often
-  cannot know.
-- ``prefixcache``: ``prefixcache.wrap(model, budget)``, told nothing.
-- ``ideal``: ``generate`` with the request's reusable prefix already in a
+  cannot know. It takes one request at a time: the recipe's cache holds one
+  prompt's prefix, while in a left-padded batch each row's prefix starts at another
+  offset and rows may have different prefixes.
+- ``prefixcache``: ``prefixcache.wrap(model, budget)``, told nothing. Its hit rate
+  counts the prompt tokens not computed: in a left-padded batch, what each row
+  matched less what the batch's shared cached length leaves unused.
+- ``ideal``: ``generate`` with each row's reusable prefix already in a
   DynamicCache, built before the clock starts: no lookup, no gather, no insert.
-  Its prefix is the longest one any earlier request's tokens (prompt and
-  reply) share with this prompt, as an unbounded cache would hold. No prefix
-  cache can beat it.
+  A row's prefix is the longest one any earlier batch's tokens (prompt and reply)
+  share with its prompt, as an unbounded cache would hold. In a left-padded batch
+  the rows share the cached length ``C = min(pad + prefix)``, as prefixcache's do.
+  No prefix cache can beat it.
+- ``hf-cb`` (in :mod:`.continuous`): transformers' continuous batching with block sharing.
 
-``prepare`` does what must not be timed; ``run`` is timed.
+A batch is the requests' prompts, left-padded (before the clock) into one tensor
+with an attention mask, the way evaluation harnesses send them. ``prepare`` does
+what must not be timed; ``run`` is timed; ``close`` releases what a system holds.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,61 +36,133 @@ from .. import hf
 from ..hf import CachedModel
 from .workloads import Request
 
-__all__ = ["HfManual", "Ideal", "NoCache", "PrefixCached", "System"]
+__all__ = ["Batch", "HfManual", "Ideal", "NoCache", "PrefixCached", "Served", "System", "left_pad"]
+
+PAD_ID = 0
+"""The id put in padding positions; masked out, so any id would do."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a system is handed: a batch of requests, each prompt alone and all left-padded."""
+
+    requests: list[Request]
+    prompts: list[torch.Tensor]
+    """Each ``[1, n_i]`` on the model's device."""
+    input_ids: torch.Tensor
+    """``[B, P]``: the prompts left-padded with ``PAD_ID``."""
+    attention_mask: torch.Tensor
+    """``[B, P]``: 0 on padding, 1 on the prompt."""
+    pads: tuple[int, ...]
+    """Padding positions at the start of each row."""
+
+    @property
+    def new_tokens(self) -> int:
+        """Tokens to generate for every request of the batch (batches never mix two values)."""
+        return self.requests[0].new_tokens
+
+    def rows(self, sequences: torch.Tensor) -> list[torch.Tensor]:
+        """``generate``'s ``[B, P + new]`` output as each request's ``[1, n_i + new]``, padding removed."""
+        return [sequences[r : r + 1, pad:] for r, pad in enumerate(self.pads)]
+
+
+def left_pad(requests: list[Request], prompts: list[torch.Tensor]) -> Batch:
+    """The prompts as one left-padded batch with its mask."""
+    width = max(p.shape[1] for p in prompts)
+    device = prompts[0].device
+    input_ids = torch.full((len(prompts), width), PAD_ID, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    pads = tuple(width - p.shape[1] for p in prompts)
+    for r, (prompt, pad) in enumerate(zip(prompts, pads, strict=True)):
+        input_ids[r, pad:] = prompt[0]
+        mask[r, pad:] = 1
+    return Batch(list(requests), list(prompts), input_ids, mask, pads)
+
+
+@dataclass
+class Served:
+    """What ``run`` returns: each request's prompt and reply, in the batch's order."""
+
+    sequences: list[Any]
+    """Each a ``[1, n_i + new]`` tensor, or a list of token ids (turned into a tensor
+    after the clock stops)."""
+    first_token_at: list[float] | None = None
+    """``time.perf_counter()`` at each request's first generated token, when the system
+    reports it per request; otherwise the runner's streamer gives the batch's."""
 
 
 class System:
     name = "system"
+    takes_batches = True
+    """False for a system that can only serve one request at a time."""
+    exact = True
+    """Whether its greedy outputs must equal no-cache's."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def prepare(self, request: Request, prompt: torch.Tensor, reusable: int) -> Any:
-        """Untimed work before ``run``; ``reusable`` is the best possible cached length."""
+    def prepare(self, batch: Batch, reusable: list[int]) -> Any:
+        """Untimed work before ``run``; ``reusable[r]`` is the best possible cached length of row r."""
         return None
 
     @torch.no_grad()
-    def run(self, prompt: torch.Tensor, request: Request, prepared: Any, streamer: Any) -> torch.Tensor:
+    def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
         raise NotImplementedError
 
-    def generate(self, prompt: torch.Tensor, request: Request, streamer: Any, **kwargs: Any) -> torch.Tensor:
-        return self.model.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=request.new_tokens,
-            min_new_tokens=request.new_tokens,
+    def hits(self) -> tuple[int, int] | None:
+        """(prompt tokens reused, prompt tokens sent) so far, for a system that reuses KV."""
+        return None
+
+    def notes(self) -> list[str]:
+        """Lines the report prints under the table: how the system was set up."""
+        return []
+
+    def close(self) -> None:
+        """Release what the system holds (threads, memory); called once, at the end of a workload."""
+
+    def generate(self, batch: Batch, streamer: Any, **kwargs: Any) -> Served:
+        out = self.model.generate(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=batch.new_tokens,
+            min_new_tokens=batch.new_tokens,
             do_sample=False,
+            pad_token_id=PAD_ID,
             streamer=streamer,
             **kwargs,
         )
+        return Served(batch.rows(out))
 
 
 class NoCache(System):
     name = "no-cache"
 
     @torch.no_grad()
-    def run(self, prompt: torch.Tensor, request: Request, prepared: Any, streamer: Any) -> torch.Tensor:
-        return self.generate(prompt, request, streamer)
+    def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
+        return self.generate(batch, streamer)
 
 
 class HfManual(System):
     name = "hf-manual"
+    takes_batches = False
 
     def __init__(self, model: Any) -> None:
         super().__init__(model)
         self._prefixes: dict[int, tuple[tuple[int, ...], Any]] = {}
 
     @torch.no_grad()
-    def run(self, prompt: torch.Tensor, request: Request, prepared: Any, streamer: Any) -> torch.Tensor:
+    def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
+        assert len(batch.requests) == 1, "hf-manual serves one request at a time"
+        request, prompt = batch.requests[0], batch.prompts[0]
         n = request.shared_prefix
         if n == 0 or n >= prompt.shape[1]:
-            return self.generate(prompt, request, streamer)
+            return self.generate(batch, streamer)
         key = tuple(prompt[0, :n].tolist())
         known = self._prefixes.get(request.group)
         if known is None or known[0] != key:
             known = (key, hf.prompt_cache(self.model, prompt[:, :n]))  # the first request of a group pays
             self._prefixes[request.group] = known
-        return self.generate(prompt, request, streamer, past_key_values=copy.deepcopy(known[1]))
+        return self.generate(batch, streamer, past_key_values=copy.deepcopy(known[1]))
 
 
 class PrefixCached(System):
@@ -99,19 +180,35 @@ class PrefixCached(System):
         self.cached: CachedModel = hf.wrap(model, budget, host_budget=host_budget, host_dtype=host_dtype)
         self.exact = host_dtype is None  # an int8 host tier may change outputs slightly
         self.peak_bytes = 0
+        self._unused = 0
+
+    def prepare(self, batch: Batch, reusable: list[int]) -> Any:
+        # The cache's stats count each row's match; a padded batch reuses less: every row
+        # computes from the shared cached length C = min(pad + hit) on (see hf/model.py).
+        if len(batch.prompts) > 1:
+            cache = self.cached.cache
+            hits = [min(cache.cached_length(p[0].cpu()), p.shape[1] - 1) for p in batch.prompts]
+            shared = min(pad + hit for pad, hit in zip(batch.pads, hits, strict=True))
+            self._unused += sum(hit - max(0, shared - pad) for pad, hit in zip(batch.pads, hits, strict=True))
+        return None
 
     @torch.no_grad()
-    def run(self, prompt: torch.Tensor, request: Request, prepared: Any, streamer: Any) -> torch.Tensor:
+    def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
         out = self.cached.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=request.new_tokens,
-            min_new_tokens=request.new_tokens,
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=batch.new_tokens,
+            min_new_tokens=batch.new_tokens,
             do_sample=False,
+            pad_token_id=PAD_ID,
             streamer=streamer,
         )
         self.peak_bytes = max(self.peak_bytes, self.cached.cache.stats.bytes_used)
-        return out
+        return Served(batch.rows(out))
+
+    def hits(self) -> tuple[int, int] | None:
+        stats = self.cached.cache.stats
+        return stats.hit_tokens - self._unused, stats.prompt_tokens
 
 
 class Ideal(System):
@@ -124,21 +221,49 @@ class Ideal(System):
         self._memo_size = memo
 
     @torch.no_grad()
-    def prepare(self, request: Request, prompt: torch.Tensor, reusable: int) -> Any:
-        if reusable == 0:
+    def prepare(self, batch: Batch, reusable: list[int]) -> Any:
+        # [0, pad[r])      padding: zeros, masked out
+        # [pad[r], C)      row r's prefix KV, its first C - pad[r] tokens
+        # C = min over rows of (pad[r] + reusable[r])
+        length = min(pad + n for pad, n in zip(batch.pads, reusable, strict=True))
+        if length == 0:
             return None
-        key = tuple(prompt[0, :reusable].tolist())
-        layers = self._memo.get(key)
-        if layers is None:
-            layers = [(k.clone(), v.clone()) for k, v in hf.kv_of(hf.prompt_cache(self.model, prompt[:, :reusable]))]
-            self._memo[key] = layers
-            if len(self._memo) > self._memo_size:
-                self._memo.popitem(last=False)
-        self._memo.move_to_end(key)
-        return hf.cache_from_kv(self.model, [(k.clone(), v.clone()) for k, v in layers])
+        rows = [
+            self._prefix(prompt, length - pad) if length > pad else None
+            for prompt, pad in zip(batch.prompts, batch.pads, strict=True)
+        ]
+        if len(rows) == 1 and rows[0] is not None:
+            return hf.cache_from_kv(self.model, [(k.clone(), v.clone()) for k, v in rows[0]])
+        template = next(row for row in rows if row is not None)
+        layers = []
+        for i, (k0, v0) in enumerate(template):
+            keys = k0.new_zeros(len(rows), k0.shape[1], length, k0.shape[3])
+            values = v0.new_zeros(len(rows), v0.shape[1], length, v0.shape[3])
+            for r, row in enumerate(rows):
+                if row is not None:
+                    keys[r, :, batch.pads[r] :] = row[i][0][0]
+                    values[r, :, batch.pads[r] :] = row[i][1][0]
+            layers.append((keys, values))
+        return hf.cache_from_kv(self.model, layers)
+
+    def _prefix(self, prompt: torch.Tensor, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The KV of the first ``n`` tokens of ``prompt`` (views of a memoized prefix when one covers them)."""
+        key = tuple(prompt[0, :n].tolist())
+        found = self._memo.get(key)
+        if found is not None:
+            self._memo.move_to_end(key)
+        else:  # a longer memoized prefix (a row of a padded batch uses fewer tokens of its own)
+            found = next((v for k, v in reversed(self._memo.items()) if len(k) > n and k[:n] == key), None)
+        if found is not None:
+            return [(k[:, :, :n], v[:, :, :n]) for k, v in found]
+        layers = [(k.clone(), v.clone()) for k, v in hf.kv_of(hf.prompt_cache(self.model, prompt[:, :n]))]
+        self._memo[key] = layers
+        if len(self._memo) > self._memo_size:
+            self._memo.popitem(last=False)
+        return layers
 
     @torch.no_grad()
-    def run(self, prompt: torch.Tensor, request: Request, prepared: Any, streamer: Any) -> torch.Tensor:
+    def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
         if prepared is None:
-            return self.generate(prompt, request, streamer)
-        return self.generate(prompt, request, streamer, past_key_values=prepared)
+            return self.generate(batch, streamer)
+        return self.generate(batch, streamer, past_key_values=prepared)

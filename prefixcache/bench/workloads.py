@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["WORKLOADS", "Request", "Workload", "make_workload"]
+__all__ = ["WORKLOADS", "Request", "Workload", "batches", "make_workload", "prompt_ids", "prompt_lengths"]
 
 Encode = Callable[[str], list[int]]
 
@@ -136,13 +136,61 @@ def make_workload(
     raise ValueError(f"workload: expected one of {WORKLOADS}, got {name!r}")
 
 
-def prompt_ids(request: Request, history: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The prompt of ``request`` as a ``[1, n]`` tensor; ``history[i]`` is request i's
-    full output (prompt and reply), needed for chat turns."""
-    own = torch.tensor([request.tokens], dtype=torch.long)
+def prompt_ids(request: Request, history: Sequence[torch.Tensor], device: torch.device | None = None) -> torch.Tensor:
+    """The prompt of ``request`` as a ``[1, n]`` tensor on ``device`` (that of the history
+    when not given); ``history[i]`` is request i's full output (prompt and reply), needed
+    for chat turns."""
     if request.follows is None:
-        return own
-    return torch.cat([history[request.follows], own], dim=1)
+        return torch.tensor([request.tokens], dtype=torch.long, device=device)
+    before = history[request.follows]
+    own = torch.tensor([request.tokens], dtype=torch.long, device=device or before.device)
+    return torch.cat([before.to(own.device), own], dim=1)
+
+
+def prompt_lengths(workload: Workload) -> list[int]:
+    """Each request's prompt length, history included (replies are ``new_tokens`` long).
+
+    >>> prompt_lengths(Workload("w", "", [Request((5, 6), 2, 0, 0), Request((7,), 1, 0, 0, follows=0)]))
+    [2, 5]
+    """
+    out: list[int] = []
+    for request in workload.requests:
+        before = 0
+        if request.follows is not None:
+            before = out[request.follows] + workload.requests[request.follows].new_tokens
+        out.append(before + len(request.tokens))
+    return out
+
+
+def batches(workload: Workload, size: int) -> list[list[int]]:
+    """The requests of ``workload`` cut into batches of at most ``size``, in arrival order.
+
+    A batch also ends before a chat turn whose previous turn is in it (its prompt holds
+    that turn's reply, not known until the batch returns) and before a request that
+    generates another number of tokens. Raises ``ValueError`` if ``size < 1``.
+
+    >>> w = Workload("w", "", [Request((5,), 1, 0, 0), Request((6,), 1, 0, 0), Request((7,), 1, 0, 0, follows=0)])
+    >>> batches(w, 8)
+    [[0, 1], [2]]
+    >>> batches(w, 1)
+    [[0], [1], [2]]
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"batch size: expected an int >= 1, got {size!r}")
+    out: list[list[int]] = []
+    current: list[int] = []
+    for i, request in enumerate(workload.requests):
+        if current and (
+            len(current) == size
+            or request.follows in current
+            or request.new_tokens != workload.requests[current[0]].new_tokens
+        ):
+            out.append(current)
+            current = []
+        current.append(i)
+    if current:
+        out.append(current)
+    return out
 
 
 _WORD_TEXT = """
