@@ -19,6 +19,7 @@ about 1e-12 in float64), with the same ``is_greedy``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -82,6 +83,15 @@ class PrefixCacheLM(HFLM):
 
     def __init__(self, pretrained: Any, **kwargs: Any) -> None:
         options = {key: kwargs.pop(key) for key in CACHE_OPTIONS if key in kwargs}
+        if not isinstance(pretrained, str):  # HFLM would ignore them: a misspelt option must not pass unseen
+            known = inspect.signature(HFLM.__init__).parameters
+            unknown = sorted(key for key in kwargs if key not in known)
+            if unknown:
+                raise TypeError(
+                    f"{unknown[0]}: no such option for a model object; the options are HFLM's "
+                    f"({', '.join(k for k in known if k not in ('self', 'kwargs'))}) and the cache's "
+                    f"({', '.join(CACHE_OPTIONS)})"
+                )
         super().__init__(pretrained, **kwargs)
         if self.backend != "causal":
             raise TypeError(
