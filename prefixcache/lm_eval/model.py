@@ -180,6 +180,13 @@ class PrefixCacheLM(HFLM):
             ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             mask[i, width - len(row) :] = 1
         reusable = min(len(row) - n for row, n in zip(rows, cont_lengths, strict=True))
+        if len(rows) > 1:
+            # A batch reuses only what every row has cached: compute the rows' shared start
+            # first (a new few-shot header), so that it is computed once, not once per row.
+            shared = _common_prefix(rows, reusable)
+            if len(shared) > 1:
+                with self._autocast():
+                    self.cached.warm(torch.tensor(shared, dtype=torch.long, device=self.device))
         with self._autocast():
             out = self.cached.prefill(
                 ids.to(self.device),
@@ -267,6 +274,12 @@ class PrefixCacheLM(HFLM):
                 )
             ids, mask = self.tok_batch_encode(list(contexts), left_truncate_len=max_ctx_len, truncation=self.truncation)
             ids, mask = ids.to(self.device), mask.to(self.device)
+            if ids.shape[0] > 1:  # as for log-likelihoods: the rows' shared start computed once, first
+                rows = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+                shared = _common_prefix(rows, min(len(r) for r in rows) - 1)
+                if len(shared) > 1:
+                    with self._autocast():
+                        self.cached.warm(torch.tensor(shared, dtype=torch.long, device=self.device))
             max_length = kwargs.pop("max_length", ids.shape[1] + max_gen_toks)
             out = self._model_generate(context=ids, attention_mask=mask, stop=until, max_length=max_length, **kwargs)
             for tokens, context in zip(out.tolist(), contexts, strict=True):
@@ -310,3 +323,15 @@ class PrefixCacheLM(HFLM):
                 **kwargs,
             )
         return out if isinstance(out, torch.Tensor) else out.sequences
+
+
+def _common_prefix(rows: list[list[int]], limit: int) -> list[int]:
+    first = rows[0][:limit]
+    n = len(first)
+    for row in rows[1:]:
+        n = min(n, len(row))
+        for i in range(n):
+            if row[i] != first[i]:
+                n = i
+                break
+    return first[:n]
