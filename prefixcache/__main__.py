@@ -10,6 +10,7 @@ python -m prefixcache bench --batch 8               # left-padded batches of 8, 
 python -m prefixcache bench --overhead              # also the cache's cost per request, tiny and default model
 python -m prefixcache bench --quick                 # a smoke test under a minute
 python -m prefixcache demo                          # one cached request, explained
+python -m prefixcache eval --model_args pretrained=PATH --tasks mmlu --num_fewshot 5   # lm-eval, through the cache
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ OVERHEAD_MODELS = ("tiny", "default")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:  # every argument after it is lm-eval's
+        return run_eval(argv[1:])
     parser = argparse.ArgumentParser(
         prog="prefixcache", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -65,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--plot", type=Path, help="draw speedups and hit rates here (PNG)")
     bench.add_argument("--quick", action="store_true", help="a short smoke run (not a measurement)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    commands.add_parser(
+        "eval",
+        help="lm-evaluation-harness's command line with the prefixcache model (needs the lm-eval extra)",
+        add_help=False,
+    )
     demo = commands.add_parser("demo", help="one cached request on the built-in model, explained")
     demo.add_argument("--model", help="a local path or hub name")
     args = parser.parse_args(argv)
@@ -238,6 +247,15 @@ class _progress:
 
     def __exit__(self, *exc: object) -> None:
         self.bar.close()
+
+
+def run_eval(argv: list[str]) -> int:
+    try:
+        from .lm_eval.cli import main as lm_eval_main
+    except ImportError as err:
+        print(f"prefixcache eval: {err}", file=sys.stderr)
+        return 2
+    return lm_eval_main(argv)
 
 
 def run_demo(args: argparse.Namespace) -> int:
