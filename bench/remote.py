@@ -23,13 +23,11 @@ from PATH is started on a free loopback port and stopped at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ import prefixcache
 from prefixcache import hf
 from prefixcache.bench.report import machine
 from prefixcache.bench.workloads import make_workload
+from tests.redis_server import server_url
 
 
 def prompts(args: argparse.Namespace, vocab: int) -> list[torch.Tensor]:
@@ -129,17 +128,6 @@ def second_process(args: argparse.Namespace) -> None:
     )
     probe.close()
     print(json.dumps(out))
-
-
-@contextlib.contextmanager
-def server_url(url: str | None) -> Iterator[str]:
-    if url is not None:
-        yield url
-        return
-    from tests.redis_server import RedisServer
-
-    with RedisServer() as server:
-        yield server.url
 
 
 def main() -> int:

@@ -19,12 +19,11 @@ and stopped at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -36,20 +35,10 @@ from prefixcache.bench.report import machine
 from prefixcache.kv import LayerSpec
 from prefixcache.remote import RemoteTier
 from prefixcache.remote.keys import chunk_digests, redis_key, root_digest
+from tests.redis_server import server_url
 
 LAYERS = [LayerSpec(kv_heads=8, key_dim=64, value_dim=64)] * 8  # the default preset's KV layout
 CHUNK = 256
-
-
-@contextlib.contextmanager
-def server_url(url: str | None) -> Iterator[str]:
-    if url is not None:
-        yield url
-        return
-    from tests.redis_server import RedisServer
-
-    with RedisServer() as server:
-        yield server.url
 
 
 def timed(runs: int, fn: Callable[[], object], setup: Callable[[], object] = lambda: None) -> list[float]:

@@ -19,11 +19,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-__all__ = ["RedisServer", "free_port", "redis_server_binary"]
+__all__ = ["RedisServer", "free_port", "redis_server_binary", "server_url"]
 
 _START_TIMEOUT = 10.0
 
@@ -181,3 +182,13 @@ def _command(*parts: str) -> bytes:
         raw = part.encode()
         out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
     return b"".join(out)
+
+
+@contextlib.contextmanager
+def server_url(url: str | None) -> Iterator[str]:
+    """``url`` as it is, or when None the URL of a server started here and stopped on exit."""
+    if url is not None:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url

@@ -60,6 +60,21 @@ def pause(seconds: float) -> Callable[[], None]:
     return hold
 
 
+def first_call_only(action: Callable[[], None]) -> Callable[[], None]:
+    """A hook that runs ``action`` at its first call only, whichever thread makes it."""
+    lock = threading.Lock()
+    called = False
+
+    def hook() -> None:
+        nonlocal called
+        with lock:
+            first, called = not called, True
+        if first:
+            action()
+
+    return hook
+
+
 def run_together(
     cached: CachedModel, ids: list[torch.Tensor], hold: Callable[[], None] = lambda: None
 ) -> tuple[list[Any], list[threading.Thread]]:
@@ -117,17 +132,12 @@ def test_when_the_first_request_fails_a_waiter_takes_over() -> None:
     model = long_llama()
     cached = prefixcache.wrap(model, "8MiB", check=False)
     ids = prompts(2)
-    state = {"first": True}
-    lock = threading.Lock()
 
-    def fail_first() -> None:
-        with lock:
-            first, state["first"] = state["first"], False
-        if first:
-            threading.Event().wait(0.5)  # the others queue up behind its claim
-            raise RuntimeError("the first request fails")
+    def fail() -> None:
+        threading.Event().wait(0.5)  # the others queue up behind its claim
+        raise RuntimeError("the first request fails")
 
-    outputs, threads = run_together(cached, ids, hold=fail_first)
+    outputs, threads = run_together(cached, ids, hold=first_call_only(fail))
     assert not any(t.is_alive() for t in threads), "a waiter never woke"
     failed = [out for out in outputs if isinstance(out, RuntimeError)]
     assert len(failed) == 1
@@ -148,15 +158,10 @@ def test_a_wait_is_bounded() -> None:
     release = threading.Event()
     entered = threading.Event()
     others_done = threading.Event()
-    state = {"first": True}
-    lock = threading.Lock()
 
-    def block_first() -> None:
-        with lock:
-            first, state["first"] = state["first"], False
-        if first:
-            entered.set()
-            release.wait(60)  # held until the others are done: they must not wait for it
+    def block() -> None:
+        entered.set()
+        release.wait(60)  # held until the others are done: they must not wait for it
 
     results: dict[int, Any] = {}
 
@@ -165,7 +170,7 @@ def test_a_wait_is_bounded() -> None:
             entered.wait(60)
         results[i] = cached.generate(ids[i], max_new_tokens=2, do_sample=False)
 
-    with before_forward(model, block_first):
+    with before_forward(model, first_call_only(block)):
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(ids))]
         for t in threads:
             t.start()
