@@ -146,6 +146,26 @@ def test_left_padded_batch_with_different_hit_lengths(model_type: str) -> None:
     cached.cache._check()
 
 
+def test_prefill_in_training_mode_runs_uncached_with_generates_positions() -> None:
+    model = tiny_model("gpt2", torch.float64)  # absolute positions: a padded row's must start at 0
+    cached = prefixcache.wrap(model, "1MiB")
+    g = torch.Generator().manual_seed(12)
+    rows = [tokens(g, 9), tokens(g, 4)]
+    cached.generate(rows[0].unsqueeze(0), max_new_tokens=1, do_sample=False)
+    ids, mask = left_pad(rows)
+    passed = cached.cache.stats.passed_through
+    model.training = True  # what the cache reads; its modules stay in eval mode, without dropout
+    try:
+        res = cached.prefill(ids, mask)
+    finally:
+        model.eval()
+    assert res.cached_length == 0
+    assert cached.cache.stats.passed_through == passed + 2  # both rows, counted as requests
+    for r, row in enumerate(rows):
+        diff = (res.logits[r, -1] - uncached_logits(model, row)[-1]).abs().max()
+        assert float(diff) <= float64_tolerance("gpt2")
+
+
 def test_generated_tokens_are_cached_up_to_the_first_eos() -> None:
     model = tiny_model("llama", torch.float64)
     cached = prefixcache.wrap(model, "1MiB")

@@ -248,11 +248,7 @@ class CachedModel:
         ):
             raise ValueError(f"max_cached_length: expected None or an int >= 0, got {max_cached_length!r}")
         if self.model.training:
-            self._count_pass_through(batch, "the model is in training mode (dropout would differ)")
-            with self._turn:
-                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-            logits = out.logits[:, -logits_to_keep:] if logits_to_keep else out.logits
-            return PrefillResult(logits, 0)
+            return self._prefill_uncached(batch, logits_to_keep, "the model is in training mode (dropout would differ)")
         key, regime = namespace, None
         if self._regimes is not None:
             regime = self._regimes.of_batch(batch)
