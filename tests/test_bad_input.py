@@ -27,6 +27,7 @@ from transformers import DynamicCache
 
 import prefixcache
 from prefixcache import CachedModel, Hit, KVPool, PrefixCache, parse_budget
+from prefixcache.hf.kvcache import GENERATE_KEYWORD
 
 from .fake_kv import LAYERS, fake_kv
 from .tiny_models import VOCAB, tiny_model
@@ -568,7 +569,7 @@ def test_requests_refuse_ids_the_model_cannot_take(
 ) -> None:
     wrapped = cached_model()
     if kwargs.pop("own_cache", False):
-        kwargs = {"past_key_values": DynamicCache(config=wrapped.model.config)}
+        kwargs = {GENERATE_KEYWORD: DynamicCache(config=wrapped.model.config)}
     if entry == "generate":
         kwargs = {**kwargs, "max_new_tokens": 1, "do_sample": False}
     before = snapshot(wrapped.cache)

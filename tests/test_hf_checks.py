@@ -61,19 +61,33 @@ def test_encoder_decoder_model_is_refused() -> None:
         prefixcache.wrap(model)
 
 
+def _attention_without_mask(
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, **kwargs: Any
+) -> tuple[torch.Tensor, None]:
+    """Attention over every key, earlier or later: registered through transformers' public
+    attention interface, so each token's output depends on the tokens after it."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+    weights = torch.softmax((query @ key.transpose(2, 3)) * scaling, dim=-1)
+    return (weights @ value).transpose(1, 2).contiguous(), None
+
+
 def test_a_model_whose_kv_sees_later_tokens_fails_the_split_check() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register("prefixcache_test_bidirectional", _attention_without_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("prefixcache_test_bidirectional", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     model = build(config_for("llama"))
-    # Make attention bidirectional: each token's output then depends on tokens after it.
-    for layer in model.model.layers:
-        layer.self_attn.is_causal = False
-    model.config._attn_implementation = "eager"
-    original = model.model.forward
-
-    def no_causal_mask(*args: Any, **kwargs: Any) -> Any:
-        kwargs["attention_mask"] = None
-        return original(*args, **kwargs)
-
-    model.model.forward = no_causal_mask  # type: ignore[method-assign]
+    model.set_attn_implementation("prefixcache_test_bidirectional")
+    # The patch must have taken: position 0's logits move when only the last token changes.
+    ids = torch.arange(3, 15).unsqueeze(0)
+    changed = ids.clone()
+    changed[0, -1] = 40
+    with torch.no_grad():
+        first, second = model(ids).logits[0, 0], model(changed).logits[0, 0]
+    assert not torch.allclose(first, second), "the attention function did not make the model bidirectional"
     with pytest.raises(UnsupportedModelError, match="differ from those of the whole prompt"):
         prefixcache.wrap(model)
 

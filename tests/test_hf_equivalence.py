@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import prefixcache
+from prefixcache.hf.kvcache import GENERATE_KEYWORD
 
 from .tiny_models import CONFIGS, CORE, VOCAB, tiny_model
 
@@ -246,7 +247,7 @@ def test_a_callers_own_cache_is_left_alone() -> None:
     cached = prefixcache.wrap(model, "1MiB")
     prompt = tokens(torch.Generator().manual_seed(4), 12).unsqueeze(0)
     mine = DynamicCache(config=model.config)
-    got = cached.generate(prompt, past_key_values=mine, max_new_tokens=3, do_sample=False)
+    got = cached.generate(prompt, max_new_tokens=3, do_sample=False, **{GENERATE_KEYWORD: mine})
     want = model.generate(prompt, max_new_tokens=3, do_sample=False)
     assert torch.equal(got, want)
     assert mine.get_seq_length() == 14  # the caller's cache was used

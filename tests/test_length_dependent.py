@@ -24,6 +24,7 @@ from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
 
 import prefixcache
 from prefixcache import UnsupportedModelError, VerificationError
+from prefixcache.hf.kvcache import GENERATE_KEYWORD
 
 from .tiny_models import VOCAB, config_for
 
@@ -307,14 +308,27 @@ def test_threads_mixing_both_sides_of_the_threshold_get_exact_outputs() -> None:
 def test_a_generate_that_drops_the_cache_it_was_given(caplog: pytest.LogCaptureFixture) -> None:
     model, reference = twins(CASES["default"])
 
-    def dropping(input_ids: torch.Tensor, past_key_values: Any = None, **kwargs: Any) -> Any:
-        # Like Phi-3's, for every prompt with a partial cache: recompute it all.
-        if past_key_values is not None and past_key_values.get_seq_length() + 1 < input_ids.shape[1]:
-            past_key_values = None
-            kwargs["next_sequence_length"] = None
-        return type(model).prepare_inputs_for_generation(model, input_ids, past_key_values=past_key_values, **kwargs)
+    class Dropping(type(model)):  # type: ignore[misc]
+        """Like Phi-3's: for every prompt with a partial cache, drop it and recompute it all."""
 
-    model.prepare_inputs_for_generation = dropping
+        dropped = 0
+
+        def prepare_inputs_for_generation(self, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            name = GENERATE_KEYWORD
+            cache = kwargs.get(name)
+            if cache is not None and cache.get_seq_length() + 1 < input_ids.shape[1]:
+                kwargs[name] = None
+                if "next_sequence_length" in kwargs:
+                    kwargs["next_sequence_length"] = None
+                type(self).dropped += 1
+            return super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+
+    model.__class__ = Dropping
+    # The patch must have taken: a generate handed a partial cache drops it.
+    probe = tokens(torch.Generator().manual_seed(6), 12).unsqueeze(0)
+    partial = prefixcache.hf.prompt_cache(model, probe[:, :6])
+    model.generate(probe, max_new_tokens=1, do_sample=False, **{GENERATE_KEYWORD: partial})
+    assert Dropping.dropped == 1, "the subclass's prepare_inputs_for_generation did not drop the cache"
     cached = prefixcache.wrap(model, "1MiB")
     sequence = tokens(torch.Generator().manual_seed(5), 40)
     cached.prefill(sequence[:20].unsqueeze(0))

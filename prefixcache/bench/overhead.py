@@ -86,6 +86,7 @@ def measure(model: Any, *, requests: int = 300, seed: int = 0, repeats: int = 3,
         raise ValueError(f"requests: expected at least 4, got {requests}")
     cached = hf.wrap(model, "4GiB")
     device = cached.device
+    keywords = hf.CacheKeywords.of(model)
     workload = make_workload("fewshot", requests, seed=seed, vocab=hf.vocab_size(model))
     prompts = [torch.tensor([r.tokens], device=device) for r in workload.requests]
 
@@ -115,7 +116,7 @@ def measure(model: Any, *, requests: int = 300, seed: int = 0, repeats: int = 3,
                 model.generate,
                 ids,
                 attention_mask=torch.ones_like(ids),
-                past_key_values=kv,
+                **keywords.to_generate(kv),
                 max_new_tokens=1,
                 do_sample=False,
             ),

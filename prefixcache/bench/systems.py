@@ -2,7 +2,7 @@
 
 - ``no-cache``: plain ``model.generate``.
 - ``hf-manual``: the reuse the transformers documentation describes: prefill a
-  known shared prefix once, then ``generate(..., past_key_values=copy.deepcopy(it))``.
+  known shared prefix once, then ``generate(..., cache=copy.deepcopy(it))``.
   It is told where each request's shared prefix ends, which real callers often
   cannot know. It takes one request at a time: the recipe's cache holds one
   prompt's prefix, while in a left-padded batch each row's prefix starts at another
@@ -162,7 +162,7 @@ class HfManual(System):
         if known is None or known[0] != key:
             known = (key, hf.prompt_cache(self.model, prompt[:, :n]))  # the first request of a group pays
             self._prefixes[request.group] = known
-        return self.generate(batch, streamer, past_key_values=copy.deepcopy(known[1]))
+        return self.generate(batch, streamer, **hf.CacheKeywords.of(self.model).to_generate(copy.deepcopy(known[1])))
 
 
 class PrefixCached(System):
@@ -266,4 +266,4 @@ class Ideal(System):
     def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
         if prepared is None:
             return self.generate(batch, streamer)
-        return self.generate(batch, streamer, past_key_values=prepared)
+        return self.generate(batch, streamer, **hf.CacheKeywords.of(self.model).to_generate(prepared))

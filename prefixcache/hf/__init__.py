@@ -10,19 +10,21 @@ that can be served. The only package that imports transformers.
 - :mod:`.models`: built-in presets and ``load_model``.
 """
 
-from .kvcache import cache_from_kv, kv_of, prompt_cache
+from .kvcache import CacheKeywords, cache_from_kv, kv_of, prompt_cache, returned_cache
 from .model import CachedModel, PrefillResult, wrap
 from .models import PRESETS, load_model, transformers_version
 from .support import vocab_size
 
 __all__ = [
     "PRESETS",
+    "CacheKeywords",
     "CachedModel",
     "PrefillResult",
     "cache_from_kv",
     "kv_of",
     "load_model",
     "prompt_cache",
+    "returned_cache",
     "transformers_version",
     "vocab_size",
     "wrap",

@@ -1,22 +1,66 @@
-"""transformers' ``DynamicCache`` and per-layer KV, both ways: every call that depends on
-the transformers version is here.
+"""transformers' ``DynamicCache`` and per-layer KV, both ways, and the names a model takes
+and returns its cache by: every call that depends on the transformers version is here.
 
 A cache is built from tensors without copying them (the model's first update
 concatenates them into new tensors, so views of the pool are only read), and its
 tensors are read back as ``layers[i].keys`` / ``.values``.
+
+transformers 5.25 renamed ``past_key_values`` to ``cache`` (in ``forward``, in
+``generate`` and in the outputs) and warns about the old name; earlier releases know
+only the old one. :class:`CacheKeywords` decides which name to use once per model.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, NamedTuple
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, GenerationMixin
 from transformers.cache_utils import DynamicLayer
 
 from ..kv.layout import LayerKV
 
-__all__ = ["CacheBuilder", "cache_from_kv", "cache_layers", "kv_of", "prompt_cache"]
+__all__ = ["CacheBuilder", "CacheKeywords", "cache_from_kv", "cache_layers", "kv_of", "prompt_cache", "returned_cache"]
+
+_NEW, _OLD = "cache", "past_key_values"
+
+
+class CacheKeywords(NamedTuple):
+    """The keyword a model's ``forward`` and this transformers release's ``generate`` take a
+    cache by: ``"cache"`` where they know it (transformers 5.25 on), else ``"past_key_values"``."""
+
+    forward: str
+    generate: str
+
+    @classmethod
+    def of(cls, model: Any) -> CacheKeywords:
+        """Read once from ``model.forward``'s signature and from ``GenerationMixin``'s (a model of
+        remote code may keep the old name in ``forward`` while ``generate`` takes the new one)."""
+        forward = _NEW if _NEW in inspect.signature(model.forward).parameters else _OLD
+        return cls(forward, GENERATE_KEYWORD)
+
+    def to_forward(self, cache: Any) -> dict[str, Any]:
+        """``{keyword: cache}`` for ``model(...)``."""
+        return {self.forward: cache}
+
+    def to_generate(self, cache: Any) -> dict[str, Any]:
+        """``{keyword: cache}`` for ``model.generate(...)``."""
+        return {self.generate: cache}
+
+
+GENERATE_KEYWORD = _NEW if _NEW in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else _OLD
+"""The keyword this transformers release's ``generate`` takes a cache by."""
+
+CALLER_CACHE_KEYWORDS = (_NEW, _OLD)
+"""Either name a caller may hand ``generate`` a cache of their own by."""
+
+
+def returned_cache(output: Any) -> Any:
+    """The cache a forward pass returned (``output.cache``, or ``output.past_key_values`` on
+    releases and models that still use that name), or None; never through a deprecated alias."""
+    fields = getattr(type(output), "__dataclass_fields__", None) or {}
+    return getattr(output, _NEW if _NEW in fields else _OLD, None)
 
 
 class CacheBuilder:
@@ -79,10 +123,10 @@ class CacheBuilder:
 def prompt_cache(model: Any, input_ids: torch.Tensor) -> DynamicCache:
     """The KV of ``input_ids`` in a DynamicCache, by one forward pass: the prompt-reuse
     recipe of the transformers documentation (copy it before each ``generate``)."""
+    keywords = CacheKeywords.of(model)
     with torch.no_grad():
-        return model(
-            input_ids=input_ids, past_key_values=DynamicCache(config=model.config), use_cache=True
-        ).past_key_values
+        out = model(input_ids=input_ids, use_cache=True, **keywords.to_forward(DynamicCache(config=model.config)))
+    return returned_cache(out)
 
 
 def cache_from_kv(model: Any, layers: list[LayerKV]) -> DynamicCache:

@@ -33,7 +33,7 @@ from ..config import UNSET, CacheConfig, Unset
 from ..persist import model_fingerprint
 from ..rope import Regime
 from .batch import Batch, check_ids, pass_through_reason, position_ids, read_batch, read_prompts
-from .kvcache import CacheBuilder, cache_layers
+from .kvcache import CALLER_CACHE_KEYWORDS, CacheBuilder, CacheKeywords, cache_layers, returned_cache
 from .regime import NO_TURN, Regimes
 from .steps import prefix_cache, reuse, store_prompts
 from .support import SPLIT_TOLERANCE, input_device, probe, refuse_by_config, rope_rule, vocab_size
@@ -145,6 +145,7 @@ class CachedModel:
         self._accepts_position_ids = "position_ids" in parameters
         self._accepts_logits_to_keep = "logits_to_keep" in parameters
         self._builder = CacheBuilder(model.config)
+        self._keywords = CacheKeywords.of(model)
         self._warned: set[str] = set()
         self._warn_lock = threading.Lock()
         self._regimes = Regimes.of(rule, model)
@@ -265,14 +266,14 @@ class CachedModel:
                 out = self.model(
                     input_ids=batch.input_ids[:, length:],
                     attention_mask=batch.attention_mask,
-                    past_key_values=prefix_cache(self._cache, self._builder, batch, hits, length),
                     use_cache=True,
+                    **self._keywords.to_forward(prefix_cache(self._cache, self._builder, batch, hits, length)),
                     **kwargs,
                 )
             logits = out.logits
             if logits_to_keep and logits.shape[1] > logits_to_keep:  # a model that ignored logits_to_keep
                 logits = logits[:, -logits_to_keep:]
-            self._store(batch, hits, out.past_key_values, regime=regime)
+            self._store(batch, hits, returned_cache(out), regime=regime)
         if length and self._verifier is not None and self._verifier.draw():  # outside the pins
             logits = self._verifier.prefill(batch, logits, namespace, length)
         return PrefillResult(logits, length)
@@ -291,10 +292,10 @@ class CachedModel:
         Takes and returns what ``model.generate`` does. Each prompt's longest cached
         prefix is reused; afterwards the prompt's KV and, for greedy or sampled single
         sequences, the generated tokens' KV are stored, so a chat's next turn reuses the
-        whole conversation. Options the cache cannot serve exactly (a ``past_key_values``
-        of the caller's, beam search, several sequences per prompt, assisted decoding,
-        ``output_attentions``, ...) run the model as it is, without reuse, and say so
-        once in a warning. Raises ``TypeError``/``ValueError`` for bad input, leaving the
+        whole conversation. Options the cache cannot serve exactly (a cache of the
+        caller's, as ``cache`` or ``past_key_values``; beam search, several sequences per
+        prompt, assisted decoding, ``output_attentions``, ...) run the model as it is,
+        without reuse, and say so once in a warning; a cache of ``None`` is no cache. Raises ``TypeError``/``ValueError`` for bad input, leaving the
         cache as it was.
 
         A request drawn for verification (``verify=``) runs again without the cache, with
@@ -302,7 +303,10 @@ class CachedModel:
         """
         if input_ids is None:
             input_ids = kwargs.pop("inputs", None)  # model.generate's name for it
-        if kwargs.get("past_key_values") is not None:  # the caller manages the cache: hands off
+        for name in CALLER_CACHE_KEYWORDS:  # model.generate treats a cache of None as none given
+            if name in kwargs and kwargs[name] is None:
+                del kwargs[name]
+        if any(name in kwargs for name in CALLER_CACHE_KEYWORDS):  # the caller manages the cache: hands off
             ids, _ = check_ids(input_ids, vocab=self._vocab, device=self._device)
             self._cache.record_pass_through(ids.numel(), ids.shape[0])
             with self._turn:
@@ -331,7 +335,10 @@ class CachedModel:
                 rng, run_kwargs = rng_state(self._device), with_step_logits(kwargs)
             with self._turn:
                 out = self.model.generate(
-                    batch.input_ids, attention_mask=batch.attention_mask, past_key_values=kv_cache, **run_kwargs
+                    batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    **self._keywords.to_generate(kv_cache),
+                    **run_kwargs,
                 )
             sequences = out if isinstance(out, torch.Tensor) else out.sequences
             self._store(batch, hits, kv_cache, sequences[:, batch.input_ids.shape[1] :], kwargs, regime)

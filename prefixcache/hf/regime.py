@@ -33,6 +33,7 @@ from typing import Any
 
 from ..rope import Regime, RopeKind, RopeRule
 from .batch import Batch, position_ids
+from .kvcache import CacheKeywords, returned_cache
 
 __all__ = ["NO_TURN", "Regimes"]
 
@@ -57,6 +58,7 @@ class Regimes:
         parameters = inspect.signature(model.forward).parameters
         self._position_ids = "position_ids" in parameters
         self._logits_to_keep = "logits_to_keep" in parameters
+        self._keywords = CacheKeywords.of(model)
 
     @classmethod
     def of(cls, rule: RopeRule, model: Any) -> Regimes | None:
@@ -152,8 +154,8 @@ class Regimes:
             out = self._model(
                 input_ids=batch.input_ids[:, length:end],
                 attention_mask=batch.attention_mask[:, :end],
-                past_key_values=kv_cache,
                 use_cache=True,
+                **self._keywords.to_forward(kv_cache),
                 **kwargs,
             )
-        return out.past_key_values
+        return returned_cache(out)

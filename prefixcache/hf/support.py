@@ -23,7 +23,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from ..errors import UnsupportedModelError
 from ..kv.layout import LayerSpec
 from ..rope import RopeKind, RopeRule, classify, probe_pairs, probe_thresholds
-from .kvcache import cache_layers
+from .kvcache import CacheKeywords, cache_layers, returned_cache
 
 __all__ = ["SPLIT_TOLERANCE", "input_device", "probe", "refuse_by_config", "rope_rule", "vocab_size"]
 
@@ -91,14 +91,15 @@ def probe(model: Any, *, check: bool, rope: RopeRule) -> tuple[list[LayerSpec], 
     generator = torch.Generator().manual_seed(0)
     device = input_device(model)
     ids = torch.randint(0, vocab_size(model), (1, n), generator=generator).to(device)
+    keywords = CacheKeywords.of(model)
     with torch.no_grad():
         try:
-            whole = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+            whole = model(input_ids=ids, use_cache=True, **keywords.to_forward(DynamicCache(config=model.config)))
         except Exception as err:
             raise UnsupportedModelError(
                 f"model type {name!r}: a forward pass with a DynamicCache failed ({type(err).__name__}: {err})"
             ) from err
-        returned = getattr(whole, "past_key_values", None)
+        returned = returned_cache(whole)
         layers = cache_layers(returned, strict=True)
         if layers is None:
             raise UnsupportedModelError(
@@ -142,8 +143,10 @@ def _split_difference(
     with torch.no_grad():
         if whole_logits is None:
             whole_logits = model(input_ids=ids, use_cache=False).logits
-        first = model(input_ids=ids[:, :split], past_key_values=DynamicCache(config=model.config), use_cache=True)
-        rest = model(input_ids=ids[:, split:], past_key_values=first.past_key_values, use_cache=True)
+        keywords = CacheKeywords.of(model)
+        empty = DynamicCache(config=model.config)
+        first = model(input_ids=ids[:, :split], use_cache=True, **keywords.to_forward(empty))
+        rest = model(input_ids=ids[:, split:], use_cache=True, **keywords.to_forward(returned_cache(first)))
     want = whole_logits[:, split:].double()
     got = rest.logits.double()
     tolerance = SPLIT_TOLERANCE.get(whole_logits.dtype, 5e-2)
