@@ -423,14 +423,18 @@ class PrefixCache:
         if new == 0:
             return _Stored(0, parent, found.length, found.slots)
         tree.pin(parent)  # keep the path while making room
+        cached_slots = found.slots
         try:
-            if parent is not None and parent.tier == HOST and self._tiers.promote(parent)[0] is not parent:
-                return _Stored(0, parent, found.length, found.slots)  # the cached part could not come back
+            if parent is not None and parent.tier == HOST:
+                if self._tiers.promote(parent)[0] is not parent:
+                    return _Stored(0, parent, found.length, found.slots)  # the cached part could not come back
+                # The host part of the path now lives in new device slots: found.slots named host ones.
+                cached_slots = tree.path_slots(parent)[start:]
             if new > pool.n_free:
                 self._tiers.make_room(new - pool.n_free)
             fits = min(new, pool.n_free)
             if fits == 0:
-                return _Stored(0, parent, found.length, found.slots)
+                return _Stored(0, parent, found.length, cached_slots)
             slots = pool.alloc(fits)
             try:
                 write(slots, found.length)
@@ -441,7 +445,7 @@ class PrefixCache:
         finally:
             tree.unpin(parent)
         self._counters.inserted_tokens += fits
-        return _Stored(fits, leaf, found.length + fits, found.slots + slots)
+        return _Stored(fits, leaf, found.length + fits, cached_slots + slots)
 
     def record_pass_through(self, prompt_tokens: int, requests: int = 1) -> None:
         """Count requests served by the model without the cache (they hit nothing)."""
