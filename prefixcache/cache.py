@@ -118,6 +118,7 @@ class PrefixCache:
         self._claims = Claims()
         self._pins = UserPins(self._tree, self._tiers)
         self._epoch = 0  # bumped when device slots are renumbered: a Hit's slots are then stale
+        self._generation = 0  # bumped by rebind: hits made before it store nothing
 
     # -- reading ------------------------------------------------------------
 
@@ -202,7 +203,7 @@ class PrefixCache:
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
             raise ValueError(f"wait: expected a number of seconds >= 0, got {wait!r}")
         limit = len(toks) if max_length is None else min(max_length, len(toks))
-        lease = Lease(self, None, array("q"), self._epoch)
+        lease = Lease(self, None, array("q"), self._epoch, self._generation)
         try:
             with self._lock:
                 self._expire_locked()
@@ -279,6 +280,8 @@ class PrefixCache:
         have = len(lease.slots)
         if remote is None or (limit // remote.layout.chunk_tokens) * remote.layout.chunk_tokens <= have:
             return 0
+        if lease.generation != self._generation:  # the weights changed: Redis holds other KV now
+            return 0
         try:
             fetched = remote.fetch(namespace, toks[:limit], have)
         except ValueError:  # a namespace Redis keys cannot hold: served locally only
@@ -291,6 +294,8 @@ class PrefixCache:
             self._tiers.device.write_rows(slots, rows[first - start : first - start + len(slots)])
 
         with self._lock:
+            if lease.generation != self._generation:
+                return 0
             if lease.epoch != self._epoch:
                 lease.slots, lease.epoch = self._tree.path_slots(lease.node), self._epoch
             stored = self._store_locked(toks[: fetched.stop], lease.node, have, namespace, write)
@@ -385,6 +390,11 @@ class PrefixCache:
         with self._lock:
             if lease is not None and lease.released:
                 raise ValueError("hit: already released; match again")
+            if lease is not None and lease.generation != self._generation:
+                # Computed with the weights before rebind: of no use to requests from now on.
+                if lease.claim is not None:
+                    self._end_claim_locked(lease)
+                return 0
             self._expire_locked()
             try:
                 stored = self._store_locked(toks, lease.node if lease is not None else None, start, namespace, write)
@@ -576,7 +586,7 @@ class PrefixCache:
             index: dict[int, int] = {}
             out: list[SavedNode] = []
             dtype = self._tiers.device.dtype
-            for node in self._tree.iter_nodes():
+            for node in self._tree.iter_nodes(retired=False):
                 parent = node.parent
                 assert parent is not None
                 index[id(node)] = len(out)
@@ -624,6 +634,28 @@ class PrefixCache:
         with self._lock:
             self._pins.release_namespace_locked(namespace)
             return self._tiers.drop_namespace(namespace)
+
+    def rebind(self, fingerprint: str | None) -> int:
+        """Start over for other model weights: drop every cached token of every namespace and
+        tier, release every :meth:`pin`, and take ``fingerprint`` as the model's, for saved
+        files and the remote tier from now on (``wrap`` calls this when it sees the weights
+        change). Tokens pinned by requests in flight can no longer be found and are dropped
+        once released; what those requests computed is not stored. Returns the tokens dropped.
+        Raises ``ValueError`` for a remote tier given no fingerprint.
+        """
+        if self._remote is not None and not (isinstance(fingerprint, str) and fingerprint):
+            raise ValueError(f"fingerprint: the remote tier needs the new weights' fingerprint, got {fingerprint!r}")
+        with self._lock:
+            self._generation += 1
+            self._pins.release_all_locked()
+            self._tree.retire_roots()
+            dropped = self._tiers.clear()
+            self.fingerprint = fingerprint
+            if self._remote is not None:
+                assert fingerprint is not None
+                self._remote.rebind(fingerprint)
+            self._claims_changed.notify_all()
+            return dropped
 
     def record_verification(self, mismatch: bool) -> None:
         """Count one request run again without the cache and compared; ``mismatch`` if it differed."""

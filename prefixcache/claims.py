@@ -24,7 +24,7 @@ import threading
 from array import array
 from collections.abc import Hashable
 
-from .tree import Node, common_length
+from .tree import Node, common_length, namespace_key
 
 __all__ = ["SHARED_MIN_TOKENS", "Claim", "Claims"]
 
@@ -48,7 +48,7 @@ class Claim:
 
 def _key(node: Node | None, namespace: Hashable) -> object:
     # A hit on nothing, or on a namespace's root, hangs below the root, which comes and goes.
-    return ("root", namespace) if node is None or node.parent is None else node
+    return ("root", namespace_key(namespace)) if node is None or node.parent is None else node
 
 
 class Claims:
@@ -83,7 +83,7 @@ class Claims:
         me = threading.get_ident()
         want = limit - have
         for claim in claims:
-            if claim.thread == me or claim.namespace != namespace or claim.have != have:
+            if claim.thread == me or claim.have != have:  # the key holds the node, so the namespace
                 continue
             theirs = claim.tokens[have : claim.limit]
             if not theirs or theirs[0] != tokens[have]:

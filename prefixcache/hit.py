@@ -25,16 +25,18 @@ class _Owner(Protocol):
 
 class Lease:
     """The cache's side of a hit: the pinned node, its path's slots, the slot numbering they
-    belong to, the tokens its request claimed to compute (see :mod:`prefixcache.claims`),
-    and whether the pin was released. Read and changed under the cache's lock."""
+    belong to, the model weights it was made under (see :meth:`PrefixCache.rebind`), the
+    tokens its request claimed to compute (see :mod:`prefixcache.claims`), and whether the
+    pin was released. Read and changed under the cache's lock."""
 
-    __slots__ = ("claim", "epoch", "node", "owner", "released", "slots")
+    __slots__ = ("claim", "epoch", "generation", "node", "owner", "released", "slots")
 
-    def __init__(self, owner: _Owner, node: Node | None, slots: array, epoch: int) -> None:
+    def __init__(self, owner: _Owner, node: Node | None, slots: array, epoch: int, generation: int = 0) -> None:
         self.owner = owner
         self.node = node
         self.slots = slots
         self.epoch = epoch
+        self.generation = generation
         self.claim: Claim | None = None
         self.released = False
 

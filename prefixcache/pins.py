@@ -10,7 +10,7 @@ from array import array
 from collections.abc import Hashable
 
 from .tiers import Tiers
-from .tree import HOST, Node, RadixTree
+from .tree import HOST, Node, RadixTree, namespace_key
 
 __all__ = ["UserPins"]
 
@@ -47,11 +47,11 @@ class UserPins:
                 f"tokens: {len(toks)} tokens do not fit on the device beside the {tree.pinned_size} pinned "
                 f"there (the pool holds {self._tiers.device.capacity}); pinned bytes cannot exceed the budget"
             )
-        self._nodes.setdefault((namespace, toks.tobytes()), []).append(node)
+        self._nodes.setdefault((namespace_key(namespace), toks.tobytes()), []).append(node)
 
     def unpin_locked(self, toks: array, namespace: Hashable) -> None:
         """Undo one :meth:`pin_locked` of the same tokens; ``ValueError`` when they are not pinned."""
-        key = (namespace, toks.tobytes())
+        key = (namespace_key(namespace), toks.tobytes())
         nodes = self._nodes.get(key)
         if not nodes:
             raise ValueError(f"tokens: these {len(toks)} tokens are not pinned in namespace {namespace!r}")
@@ -75,8 +75,16 @@ class UserPins:
         for nodes in self._nodes.values():
             assert nodes and all(node.pins > 0 and node.tier != HOST for node in nodes), "a user pin was lost"
 
+    def release_all_locked(self) -> None:
+        """Undo every pin of every namespace."""
+        for nodes in self._nodes.values():
+            for node in nodes:
+                self._tree.unpin(node)
+        self._nodes.clear()
+
     def release_namespace_locked(self, namespace: Hashable) -> None:
         """Undo every pin held in ``namespace``, however often each was pinned."""
-        for key in [key for key in self._nodes if key[0] == namespace]:
+        lookup = namespace_key(namespace)
+        for key in [key for key in self._nodes if key[0] == lookup]:
             for node in self._nodes.pop(key):
                 self._tree.unpin(node)

@@ -44,9 +44,19 @@ class Tiers:
         pin = device.device.type == "cuda"
         if dtype == torch.int8:
             codec = Int8Codec(device.layout)
-            self.host = KVPool(device.layout, budget, device="cpu", dtype=torch.float32, pin_memory=pin, codec=codec)
+            self.host = KVPool(
+                device.layout,
+                budget,
+                device="cpu",
+                dtype=torch.float32,
+                pin_memory=pin,
+                codec=codec,
+                name="host_budget",
+            )
         else:
-            self.host = KVPool(device.layout, budget, device="cpu", dtype=dtype or device.dtype, pin_memory=pin)
+            self.host = KVPool(
+                device.layout, budget, device="cpu", dtype=dtype or device.dtype, pin_memory=pin, name="host_budget"
+            )
 
     def pool(self, tier: Tier) -> KVPool:
         pool = self.device if tier == DEVICE else self.host

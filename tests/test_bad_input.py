@@ -575,3 +575,53 @@ def test_requests_refuse_ids_the_model_cannot_take(
     before = snapshot(wrapped.cache)
     call_and_check(getattr(wrapped, entry), Bad((ids,), kwargs, exc, "input_ids"))
     assert_unchanged(wrapped.cache, before)
+
+
+# -- what an unlucky caller sends ------------------------------------------------------------
+
+
+def test_a_host_budget_below_a_token_names_host_budget() -> None:
+    tiny = tiny_model("llama", torch.float64)
+    with pytest.raises(ValueError, match=r"^host_budget: 100 .*one token"):
+        prefixcache.wrap(tiny, "1MiB", host_budget=100)
+
+
+@pytest.mark.parametrize("option", ["budget", "host_budget"])
+def test_a_budget_no_machine_holds_is_a_value_error_naming_it(option: str) -> None:
+    tiny = tiny_model("llama", torch.float64)
+    options = {"budget": "1MiB", option: "1000TiB"}
+    with pytest.raises(ValueError, match=rf"^{option}: '1000TiB'"):
+        prefixcache.wrap(tiny, **options)
+
+
+@pytest.mark.parametrize("name", [GENERATE_KEYWORD, "past_key_values", "cache", "use_cache"])
+def test_none_for_a_generate_option_is_its_default(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_model("llama", torch.float64)
+    cached = prefixcache.wrap(model, "1MiB")
+    ids = torch.arange(3, 23).unsqueeze(0)
+    with caplog.at_level("WARNING", logger="prefixcache"):
+        got = cached.generate(ids, max_new_tokens=3, do_sample=False, **{name: None})
+    assert torch.equal(got, model.generate(ids, max_new_tokens=3, do_sample=False))
+    assert cached.cache.stats.inserted_tokens > 0 and cached.cache.stats.passed_through == 0
+    assert caplog.text == ""
+
+
+def test_namespaces_equal_in_python_but_of_other_types_are_two_namespaces(tmp_path: Any) -> None:
+    """1 == True in Python, but saved files and the remote tier tell them apart: so does the tree."""
+    model = tiny_model("llama", torch.float64)
+    cached = prefixcache.wrap(model, "1MiB")
+    ids = torch.arange(3, 23).unsqueeze(0)
+    cached.prefill(ids, namespace=1)
+    assert cached.prefill(ids, namespace=True).cached_length == 0
+    assert cached.prefill(ids, namespace=(1, "a")).cached_length == 0
+    assert cached.prefill(ids, namespace=(True, "a")).cached_length == 0
+    assert cached.prefill(ids, namespace=1).cached_length == 19
+    path = tmp_path / "c.safetensors"
+    cached.cache.save(path)
+    again = prefixcache.wrap(model, "1MiB", load=path)
+    for namespace in (1, True, (1, "a"), (True, "a")):
+        assert again.cache.cached_length(ids[0], namespace=namespace) == 20
+    assert again.cache.cached_length(ids[0], namespace=0) == 0
+    again.cache.drop_namespace(True)
+    assert again.cache.cached_length(ids[0], namespace=1) == 20
+    again.cache._check()

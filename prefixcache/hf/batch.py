@@ -205,9 +205,9 @@ def pass_through_reason(model: Any, kwargs: dict[str, Any]) -> str | None:
         value = kwargs.get(name)
         if value is not None and value is not False:
             return f"{name}: {why}"
-    if kwargs.get("use_cache") is False:
-        return "use_cache=False"
     config = kwargs.get("generation_config") or model.generation_config
+    if kwargs.get("use_cache", getattr(config, "use_cache", True)) is False:
+        return "use_cache=False"
     for name in ("num_beams", "num_return_sequences"):
         value = kwargs.get(name, getattr(config, name, 1))
         if value is not None and value != 1:

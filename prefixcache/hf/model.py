@@ -38,6 +38,7 @@ from .regime import NO_TURN, Regimes
 from .steps import prefix_cache, reuse, store_prompts
 from .support import SPLIT_TOLERANCE, input_device, probe, refuse_by_config, rope_rule, vocab_size
 from .verify import Verifier, check_options, rng_state, uncached_logits, with_step_logits
+from .weights import WeightsWatch
 
 __all__ = ["CachedModel", "PrefillResult", "wrap"]
 
@@ -151,6 +152,8 @@ class CachedModel:
         self._regimes = Regimes.of(rule, model)
         """None for a model whose rotation depends on positions alone: the common case."""
         self._turn = self._regimes.turn if self._regimes is not None else NO_TURN
+        self._weights = WeightsWatch(model)
+        self._rebind_lock = threading.Lock()
         self._verifier: Verifier | None = None  # verify=0, the default: nothing drawn
         if verify > 0:
             keys = self._regimes.keys if self._regimes is not None else Regimes.single
@@ -175,6 +178,27 @@ class CachedModel:
     def device(self) -> torch.device:
         """The device of the model's inputs."""
         return self._device
+
+    def weights_changed(self) -> int:
+        """Drop everything cached and take the model's new fingerprint (see :meth:`PrefixCache.rebind`).
+
+        Requests do this themselves when they see the weights changed: an optimizer step,
+        ``load_state_dict``, an in-place write to a parameter, a parameter replaced, the
+        model moved. Call it after a change they cannot see (a write through
+        ``param.data``). Returns the tokens dropped."""
+        with self._rebind_lock:
+            self._weights = WeightsWatch(self.model)
+            dropped = self._cache.rebind(model_fingerprint(self.model))
+        logger.warning(
+            "prefixcache: the model's weights changed: %d cached tokens dropped; what is computed from now on "
+            "is saved and shared under the new weights' fingerprint",
+            dropped,
+        )
+        return dropped
+
+    def _check_weights(self) -> None:
+        if self._weights.changed():
+            self.weights_changed()
 
     def close(self, timeout: float = 2.0) -> None:
         """Flush and close the cache's remote tier, if any (see :meth:`PrefixCache.close`)."""
@@ -240,6 +264,7 @@ class CachedModel:
         logits at position ``i`` passes ``m <= i``. Raises ``TypeError``/``ValueError``
         for bad input, leaving the cache as it was.
         """
+        self._check_weights()
         batch = self._read(input_ids, attention_mask)
         check_namespace(namespace)
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
@@ -295,15 +320,15 @@ class CachedModel:
         whole conversation. Options the cache cannot serve exactly (a cache of the
         caller's, as ``cache`` or ``past_key_values``; beam search, several sequences per
         prompt, assisted decoding, ``output_attentions``, ...) run the model as it is,
-        without reuse, and say so once in a warning; a cache of ``None`` is no cache. Raises ``TypeError``/``ValueError`` for bad input, leaving the
-        cache as it was.
+        without reuse, and say so once in a warning; a cache of ``None`` is no cache.
+        Raises ``TypeError``/``ValueError`` for bad input, leaving the cache as it was.
 
         A request drawn for verification (``verify=``) runs again without the cache, with
         the same random state and without the streamer (see :mod:`.verify`).
         """
         if input_ids is None:
             input_ids = kwargs.pop("inputs", None)  # model.generate's name for it
-        for name in CALLER_CACHE_KEYWORDS:  # model.generate treats a cache of None as none given
+        for name in (*CALLER_CACHE_KEYWORDS, "use_cache"):  # None: what model.generate does by default
             if name in kwargs and kwargs[name] is None:
                 del kwargs[name]
         if any(name in kwargs for name in CALLER_CACHE_KEYWORDS):  # the caller manages the cache: hands off
@@ -312,6 +337,7 @@ class CachedModel:
             with self._turn:
                 return self.model.generate(input_ids, attention_mask=attention_mask, **kwargs)
         reason = pass_through_reason(self.model, kwargs)
+        self._check_weights()
         batch = self._read(input_ids, attention_mask, kwargs)
         check_namespace(namespace)
         key, regime = namespace, None
@@ -387,8 +413,8 @@ class CachedModel:
             if not 1 <= generated.shape[1] == positions - width + 1:
                 if generated.shape[1]:
                     self._warn_once(
-                        "the model's generate did not keep the cache it was given (Phi-3 drops it when a sequence "
-                        "grows past original_max_position_embeddings); what it computed is not stored"
+                        "the model's generate did not keep the cache it was given (it dropped or replaced it, as "
+                        "Phi-3's does past original_max_position_embeddings); what it computed is not stored"
                     )
                 return
             if positions > width:

@@ -14,6 +14,7 @@ page-locked or pageable buffers that CUDA keeps until the copy is done.
 
 from __future__ import annotations
 
+import os
 from array import array
 from collections.abc import Sequence
 
@@ -64,6 +65,7 @@ class KVPool:
         dtype: torch.dtype = torch.float32,
         pin_memory: bool = False,
         codec: Int8Codec | None = None,
+        name: str = "budget",
     ) -> None:
         self.layout = layers if isinstance(layers, KVLayout) else KVLayout(layers)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -77,24 +79,38 @@ class KVPool:
         self.pin_memory = bool(pin_memory) and self.device.type == "cpu" and torch.cuda.is_available()
         self.width = self.layout.width
         self.bytes_per_token = codec.columns if codec is not None else self.width * dtype.itemsize
-        self.budget = parse_budget(budget)
+        self.name = name
+        """The option the budget came from, named in errors (``budget``, ``host_budget``)."""
+        self.budget = parse_budget(budget, name)
         capacity = self.budget // self.bytes_per_token
         if capacity < 1:
             raise ValueError(
-                f"budget: {budget!r} ({self.budget} bytes) is smaller than one token of KV "
+                f"{name}: {budget!r} ({self.budget} bytes) is smaller than one token of KV "
                 f"({self.bytes_per_token} bytes); give at least {self.bytes_per_token} bytes"
             )
-        self._set_table(self._new_table(capacity))
+        self._set_table(self._new_table(capacity, budget))
         self._free = array("q", range(capacity - 1, -1, -1))  # a stack: alloc pops from the end
 
-    def _new_table(self, capacity: int) -> torch.Tensor:
+    def _new_table(self, capacity: int, budget: int | str) -> torch.Tensor:
         # Zeroed, not just reserved: the memory is taken now rather than page by page
         # inside requests, and reserved bytes are bytes really held.
         if self.codec is not None:
             cols, dtype = self.codec.columns, self.codec.storage_dtype
         else:
             cols, dtype = self.width, self.dtype
-        return torch.zeros(capacity, cols, device=self.device, dtype=dtype, pin_memory=self.pin_memory)
+        size = capacity * cols * dtype.itemsize
+        room = _memory_of(self.device)
+        if room is not None and size > room:
+            raise ValueError(
+                f"{self.name}: {budget!r} ({size} bytes) is more than the {room} bytes {self.device} has "
+                f"{'free' if self.device.type == 'cuda' else 'in all'}; give a smaller budget"
+            )
+        try:
+            return torch.zeros(capacity, cols, device=self.device, dtype=dtype, pin_memory=self.pin_memory)
+        except RuntimeError as err:  # torch.OutOfMemoryError is one
+            raise ValueError(
+                f"{self.name}: {budget!r} ({size} bytes) could not be allocated on {self.device}: {err}"
+            ) from err
 
     def _set_table(self, table: torch.Tensor) -> None:
         self._table = table
@@ -271,26 +287,39 @@ class KVPool:
         Raises ``ValueError`` (pool unchanged) when the budget is below one token or
         cannot hold ``keep``.
         """
-        capacity = self.capacity_for(budget)
+        capacity = self.capacity_for(budget, self.name)
         if capacity < max(1, len(keep)):
             raise ValueError(
-                f"budget: {budget!r} holds {capacity} tokens of {self.bytes_per_token} bytes; "
+                f"{self.name}: {budget!r} holds {capacity} tokens of {self.bytes_per_token} bytes; "
                 f"at least {max(1, len(keep))} are needed"
             )
-        table = self._new_table(capacity)
+        table = self._new_table(capacity, budget)
         if keep:
             table[: len(keep)] = self._table.index_select(0, self.index(keep))
         numbers = [-1] * self.capacity
         for new, old in enumerate(keep):
             numbers[old] = new
         self._set_table(table)
-        self.budget = parse_budget(budget)
+        self.budget = parse_budget(budget, self.name)
         self._free = array("q", range(capacity - 1, len(keep) - 1, -1))
         return numbers
 
     def table_copy(self) -> torch.Tensor:
         """A copy of the whole table as stored (for checks)."""
         return self._table.clone()
+
+
+def _memory_of(device: torch.device) -> int | None:
+    """Bytes a table on ``device`` could take at most: the GPU's free memory, the host's
+    physical memory; None where that is not known."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError):
+            return None
+    return None
 
 
 def run_start(slots: array) -> int | None:

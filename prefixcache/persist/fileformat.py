@@ -45,6 +45,7 @@ from safetensors.torch import load as _load_safetensors
 from safetensors.torch import save as _serialize
 
 from ..kv.layout import LayerSpec
+from ..tree import namespace_key
 from .namespaces import decode_namespace, encode_namespace
 
 __all__ = ["FORMAT", "VERSION", "SavedFile", "SavedNodeLike", "encode", "parse"]
@@ -116,11 +117,13 @@ def encode(
         raise TypeError(
             f"cache.fingerprint: expected a str (see model_fingerprint) or None, got {type(fingerprint).__name__}"
         )
-    namespaces: dict[Hashable, int] = {}
+    index: dict[Hashable, int] = {}  # by namespace_key: True and 1 are two namespaces
+    listed: list[Hashable] = []
     for node in nodes:
-        if node.namespace not in namespaces:
-            namespaces[node.namespace] = len(namespaces)
-    encoded = [encode_namespace(ns, ns) for ns in namespaces]
+        if namespace_key(node.namespace) not in index:
+            index[namespace_key(node.namespace)] = len(listed)
+            listed.append(node.namespace)
+    encoded = [encode_namespace(ns, ns) for ns in listed]
     rank = {tick: r for r, tick in enumerate(sorted({node.tick for node in nodes}))}
     tokens = array("i")
     for node in nodes:
@@ -138,7 +141,7 @@ def encode(
         "tokens": len(tokens),
         "namespaces": encoded,
         "node_fields": _NODE_FIELDS,
-        "nodes": [[n.parent, namespaces[n.namespace], len(n.tokens), rank[n.tick]] for n in nodes],
+        "nodes": [[n.parent, index[namespace_key(n.namespace)], len(n.tokens), rank[n.tick]] for n in nodes],
         "sha256": {"kv": sha256_hex(kv), "tokens": sha256_hex(token_tensor)},
     }
     return bytes(_serialize({"kv": kv, "tokens": token_tensor}, metadata=manifest_metadata(manifest)))
@@ -256,7 +259,7 @@ def _check_manifest(path: str, m: dict[str, Any], kv: torch.Tensor, token_tensor
             namespaces.append(decode_namespace(raw))
         except ValueError as err:
             raise bad_file(path, f"namespaces[{i}]: {err}") from None
-    if len(set(namespaces)) != len(namespaces):
+    if len({namespace_key(ns) for ns in namespaces}) != len(namespaces):
         raise bad_file(path, f"a namespace is listed twice in {namespaces!r}")
     nodes = [SavedFileNode(*raw) for raw in raw_nodes]
     _check_tree(path, nodes, len(namespaces), tokens)

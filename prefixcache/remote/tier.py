@@ -133,6 +133,12 @@ class RemoteTier:
     def __repr__(self) -> str:
         return f"RemoteTier({self.url.masked()!r}, {self.layout!r}, closed={self._closed})"
 
+    def rebind(self, fingerprint: str) -> None:
+        """Read and write the chunks of the model ``fingerprint`` names from now on (its weights
+        changed); chunks already queued keep the keys of the KV they hold."""
+        root_digest(fingerprint, None, self.layout)  # checks the fingerprint
+        self.fingerprint = fingerprint
+
     # -- reading --------------------------------------------------------------------------
 
     def fetch(self, namespace: Hashable, tokens: Sequence[int] | torch.Tensor, have: int) -> RemoteRows:

@@ -1,6 +1,19 @@
 """The radix tree: token runs to pool slots, pins, tiers, and the eviction order."""
 
-from .node import DEVICE, HOST, EvictResult, InsertResult, MatchResult, Node, Root, Tier, as_run, common_length
+from .node import (
+    DEVICE,
+    HOST,
+    EvictResult,
+    InsertResult,
+    MatchResult,
+    Node,
+    Retired,
+    Root,
+    Tier,
+    as_run,
+    common_length,
+    namespace_key,
+)
 from .order import EvictionOrder, is_candidate
 from .radix import ALL, RadixTree
 
@@ -14,9 +27,11 @@ __all__ = [
     "MatchResult",
     "Node",
     "RadixTree",
+    "Retired",
     "Root",
     "Tier",
     "as_run",
     "common_length",
     "is_candidate",
+    "namespace_key",
 ]

@@ -18,10 +18,12 @@ __all__ = [
     "InsertResult",
     "MatchResult",
     "Node",
+    "Retired",
     "Root",
     "Tier",
     "as_run",
     "common_length",
+    "namespace_key",
     "namespace_of",
     "path_length",
     "path_slots",
@@ -83,13 +85,52 @@ class Node:
 
 
 class Root(Node):
-    """The root of one namespace: no tokens, never pinned, never evicted."""
+    """The root of one namespace: no tokens, never pinned, never evicted. ``lookup`` is the
+    key the tree finds it by (:func:`namespace_key` of the namespace, or a :class:`Retired`)."""
 
-    __slots__ = ("namespace",)
+    __slots__ = ("lookup", "namespace")
 
     def __init__(self, namespace: Hashable, tick: int) -> None:
         super().__init__(array("i"), array("q"), None, tick)
         self.namespace = namespace
+        self.lookup: Hashable = namespace_key(namespace)
+
+
+class _Bool:
+    """Tags a bool in :func:`namespace_key` (one instance, compared by identity)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "bool"
+
+
+_BOOL = _Bool()
+
+
+def namespace_key(namespace: Hashable) -> Hashable:
+    """What the tree looks ``namespace`` up by: the namespace itself, with bools tagged, at
+    any depth of a tuple, so that ``True`` and ``1`` (equal in Python) are two namespaces,
+    as they are in saved files and in the remote tier. O(size of the namespace).
+
+    >>> namespace_key(True) == namespace_key(1), namespace_key(("a", 1)) == ("a", 1)
+    (False, True)
+    """
+    if isinstance(namespace, tuple):
+        return tuple(namespace_key(part) for part in namespace) if type(namespace) is tuple else namespace
+    return (_BOOL, namespace) if type(namespace) is bool else namespace
+
+
+class Retired:
+    """The lookup key of a root retired by :meth:`RadixTree.retire_roots`: no namespace finds it."""
+
+    __slots__ = ("namespace",)
+
+    def __init__(self, namespace: Hashable) -> None:
+        self.namespace = namespace
+
+    def __repr__(self) -> str:
+        return f"Retired({self.namespace!r})"
 
 
 class MatchResult(NamedTuple):

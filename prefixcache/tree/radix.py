@@ -34,11 +34,13 @@ from .node import (
     InsertResult,
     MatchResult,
     Node,
+    Retired,
     Root,
     Run,
     Tier,
     as_run,
     common_length,
+    namespace_key,
     namespace_of,
     path_length,
     path_slots,
@@ -117,15 +119,17 @@ class RadixTree:
 
     def root(self, namespace: Hashable = None) -> Root | None:
         """The root of ``namespace``, or None while it holds nothing. O(1)."""
-        return self._roots.get(namespace)
+        return self._roots.get(namespace_key(namespace))
 
     def namespaces(self) -> list[Hashable]:
-        """Namespaces that hold at least one token."""
-        return list(self._roots)
+        """Namespaces that hold at least one token (retired roots left out)."""
+        return [root.namespace for root in self._roots.values() if not isinstance(root.lookup, Retired)]
 
-    def iter_nodes(self) -> Iterator[Node]:
-        """Every non-root node, parents before children. O(n)."""
-        stack: list[Node] = list(self._roots.values())
+    def iter_nodes(self, *, retired: bool = True) -> Iterator[Node]:
+        """Every non-root node, parents before children; ``retired=False`` leaves out those
+        under roots :meth:`retire_roots` set aside. O(n)."""
+        roots = self._roots.values()
+        stack: list[Node] = list(roots if retired else (r for r in roots if not isinstance(r.lookup, Retired)))
         while stack:
             node = stack.pop()
             if node.parent is not None:
@@ -140,7 +144,7 @@ class RadixTree:
     def peek(self, tokens: Sequence[int], namespace: Hashable = None) -> int:
         """Length of the longest cached prefix of ``tokens``, without splitting or touching. O(len(tokens))."""
         toks = as_run(tokens)
-        node: Node | None = self._roots.get(namespace)
+        node: Node | None = self._roots.get(namespace_key(namespace))
         pos, n = 0, len(toks)
         while node is not None and pos < n:
             child = node.children.get(toks[pos])
@@ -179,7 +183,7 @@ class RadixTree:
         toks = as_run(tokens)
         if max_length is not None and max_length < len(toks):
             toks = toks[:max_length]
-        root = self._roots.get(namespace)
+        root = self._roots.get(namespace_key(namespace))
         if root is None:
             return MatchResult(0, array("q"), None)
         return self._walk(root, toks, 0, self._tick())
@@ -192,7 +196,7 @@ class RadixTree:
         toks = as_run(tokens)
         tick = self._tick()
         if node is None or node.parent is None:
-            root = self._roots.get(namespace)
+            root = self._roots.get(namespace_key(namespace))
             if root is None:
                 return MatchResult(start, array("q"), None)
             node = root
@@ -209,9 +213,10 @@ class RadixTree:
             raise ValueError(f"slots: expected one slot per token and at least one token, got {len(slots)}")
         tick = self._last_tick or self._tick()  # part of the access that found where to attach
         if node is None or node.parent is None:
-            root = self._roots.get(namespace)
+            key = namespace_key(namespace)
+            root = self._roots.get(key)
             if root is None:
-                root = self._roots[namespace] = Root(namespace, tick)
+                root = self._roots[key] = Root(namespace, tick)
             node = root
         self._touch_path(node, tick)
         if node.tier != DEVICE:
@@ -439,7 +444,7 @@ class RadixTree:
         self._size -= n
         if isinstance(parent, Root):
             if not parent.children:
-                del self._roots[parent.namespace]
+                del self._roots[parent.lookup]
         elif not parent_listed and is_candidate(parent):
             lists[parent.tier].add(parent)
         return EvictResult(n, slots, host_slots)
@@ -472,6 +477,15 @@ class RadixTree:
         for node in self.iter_nodes():
             if node.tier == tier:
                 node.slots = array("q", map(table.__getitem__, node.slots))
+
+    def retire_roots(self) -> None:
+        """Set every namespace's root aside: no lookup finds its nodes any more, while what
+        holds them (pins of requests in flight) stays valid; the nodes go as any others do
+        (eviction, ``evict(ALL)``). O(namespaces)."""
+        for key in list(self._roots):
+            root = self._roots.pop(key)
+            root.lookup = Retired(root.namespace)
+            self._roots[root.lookup] = root
 
     @staticmethod
     def _subtree(top: Node) -> Iterator[Node]:
