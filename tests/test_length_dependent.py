@@ -401,10 +401,13 @@ def test_warm_pins_only_what_can_be_cached() -> None:
 
 
 def perturb(model: Any) -> None:
-    """A fine-tuning step, as far as cached KV is concerned: layer 0's keys change."""
-    with torch.no_grad():
-        weight = model.model.layers[0].self_attn.k_proj.weight
-        weight.add_(0.5 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(9), dtype=weight.dtype))
+    """A change of layer 0's keys that requests cannot see: a write through ``param.data``
+    moves no version counter (an optimizer step or an in-place write to the parameter
+    itself would make the next request drop the cache; tests/test_weights_change.py)."""
+    weight = model.model.layers[0].self_attn.k_proj.weight
+    version = weight._version
+    weight.data.add_(0.5 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(9), dtype=weight.dtype))
+    assert weight._version == version, "the write was seen: verify= would have nothing to catch"
 
 
 @pytest.mark.parametrize("entry", ["prefill", "generate"])

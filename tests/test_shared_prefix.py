@@ -210,3 +210,43 @@ def test_the_rows_of_a_batch_never_wait_on_each_other(rows: int) -> None:
     assert done.is_set(), "a batch waited on its own rows"
     assert torch.equal(result["out"], greedy(model, batch, 2, mask))
     assert cached.cache.stats.shared_waits == 0 and cached.cache.stats.pinned_tokens == 0
+
+
+class _HeldAfterFirstToken:
+    """A streamer to a slow client: after the first generated token it blocks until released."""
+
+    def __init__(self) -> None:
+        self.first_token = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def put(self, value: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2:  # the first put is the prompt, the second the first new token
+            self.first_token.set()
+            assert self.release.wait(60), "never released"
+
+    def end(self) -> None:
+        pass
+
+
+def test_waiters_get_the_prompt_once_it_is_computed_not_after_the_whole_reply() -> None:
+    """The first request streams a long reply to a slow client; the requests waiting for its
+    prompt are served as soon as its prompt's forward pass is done, while it still decodes."""
+    model = long_llama()
+    cached = prefixcache.wrap(model, "8MiB", check=False, shared_wait=10)
+    ids = prompts(5)
+    streamer = _HeldAfterFirstToken()
+    first = threading.Thread(
+        target=lambda: cached.generate(ids[0], max_new_tokens=20, do_sample=False, streamer=streamer)
+    )
+    first.start()
+    assert streamer.first_token.wait(60)
+    outs, threads = run_together(cached, ids[1:4])  # they match while the first request holds its claim
+    finished = all(not t.is_alive() for t in threads)
+    streamer.release.set()
+    first.join(60)
+    assert finished, "the waiters were held until the first request's reply was done"
+    for prompt, out in zip(ids[1:4], outs, strict=True):
+        assert torch.equal(out, greedy(model, prompt, 2))
+    assert cached.cache.stats.hit_tokens >= 3 * SYSTEM

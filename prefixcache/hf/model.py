@@ -35,7 +35,7 @@ from ..rope import Regime
 from .batch import Batch, check_ids, pass_through_reason, position_ids, read_batch, read_prompts
 from .kvcache import CALLER_CACHE_KEYWORDS, CacheBuilder, CacheKeywords, cache_layers, returned_cache
 from .regime import NO_TURN, Regimes
-from .steps import prefix_cache, reuse, store_prompts
+from .steps import PromptStore, prefix_cache, reuse, store_prompts
 from .support import SPLIT_TOLERANCE, input_device, probe, refuse_by_config, rope_rule, vocab_size
 from .verify import Verifier, check_options, rng_state, uncached_logits, with_step_logits
 from .weights import WeightsWatch
@@ -352,11 +352,16 @@ class CachedModel:
         run_kwargs, rng = kwargs, None
         with reuse(self._cache, batch, key) as (hits, length):
             kv_cache = prefix_cache(self._cache, self._builder, batch, hits, length)
+            early: PromptStore | None = None
             if self._regimes is not None and regime is not None:
                 prompt = self._regimes.prompt_first(batch, kv_cache, length, regime)
                 if prompt is not None:
                     self._store(batch, hits, prompt, regime=regime)
                     kv_cache = prompt
+            else:
+                # The prompt is stored after generate's first step, not after its last: requests
+                # waiting for this one's claim need the prompt, not the reply.
+                early = PromptStore(lambda: self._store(batch, hits, kv_cache, prompt_only=True))
             if length and self._verifier is not None and self._verifier.draw():
                 rng, run_kwargs = rng_state(self._device), with_step_logits(kwargs)
             with self._turn:
@@ -364,10 +369,12 @@ class CachedModel:
                     batch.input_ids,
                     attention_mask=batch.attention_mask,
                     **self._keywords.to_generate(kv_cache),
-                    **run_kwargs,
+                    **(early.added_to(run_kwargs) if early is not None else run_kwargs),
                 )
             sequences = out if isinstance(out, torch.Tensor) else out.sequences
-            self._store(batch, hits, kv_cache, sequences[:, batch.input_ids.shape[1] :], kwargs, regime)
+            generated = sequences[:, batch.input_ids.shape[1] :]
+            if early is None or not early.done or generated.shape[1] > 1:
+                self._store(batch, hits, kv_cache, generated, kwargs, regime)
         if rng is not None and self._verifier is not None:  # outside the pins
             out = self._verifier.generate(batch, out, kwargs, rng, namespace, length)
         return out
@@ -392,8 +399,13 @@ class CachedModel:
         generated: torch.Tensor | None = None,
         kwargs: Any = None,
         regime: Regime | None = None,
+        *,
+        prompt_only: bool = False,
     ) -> None:
         """Insert every row's prompt, and the generated tokens whose KV was computed, below its hit.
+
+        ``prompt_only``: called after generate's first step, when ``kv_cache`` should hold
+        the prompt alone; it stores nothing if it holds anything else.
 
         The last generated token was never fed back, so it has no KV: a ``generate`` that
         kept the cache it was handed to the end leaves exactly the prompt and every other
@@ -408,6 +420,8 @@ class CachedModel:
             return
         positions = layers[0][0].shape[2]
         width = batch.input_ids.shape[1]
+        if prompt_only and positions != width:
+            return
         fed = eos = None
         if generated is not None:
             if not 1 <= generated.shape[1] == positions - width + 1:

@@ -14,11 +14,12 @@ For a left-padded batch of ``B`` prompts padded to ``P`` tokens (row ``r`` has
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..cache import Hit, PrefixCache
 from ..checks import TokenIds
@@ -26,7 +27,7 @@ from ..kv.layout import LayerKV
 from .batch import Batch
 from .kvcache import CacheBuilder
 
-__all__ = ["prefix_cache", "reuse", "store_prompts"]
+__all__ = ["PromptStore", "prefix_cache", "reuse", "store_prompts"]
 
 
 @contextlib.contextmanager
@@ -101,3 +102,23 @@ def store_prompts(
         if row_ends is not None and row_ends[r] < len(tokens):
             tokens = TokenIds("i", tokens[: max(row_ends[r], hit.length)])
         cache.insert(tokens, layers, offset=batch.pads[r], row=r, hit=hit)
+
+
+class PromptStore(StoppingCriteria):
+    """Runs ``store`` once, when ``generate`` checks whether to stop after its first step: the
+    prompt's forward pass is done then and the cache handed in holds the prompt. It never
+    stops anything."""
+
+    def __init__(self, store: Callable[[], None]) -> None:
+        self._store = store
+        self.done = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if not self.done:
+            self.done = True
+            self._store()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def added_to(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``generate``'s options with this beside the caller's own stopping criteria."""
+        return {**kwargs, "stopping_criteria": StoppingCriteriaList([*(kwargs.get("stopping_criteria") or ()), self])}
