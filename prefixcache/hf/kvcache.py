@@ -60,7 +60,10 @@ def returned_cache(output: Any) -> Any:
     """The cache a forward pass returned (``output.cache``, or ``output.past_key_values`` on
     releases and models that still use that name), or None; never through a deprecated alias."""
     fields = getattr(type(output), "__dataclass_fields__", None) or {}
-    return getattr(output, _NEW if _NEW in fields else _OLD, None)
+    for name in (_NEW, _OLD):
+        if name in fields:
+            return getattr(output, name)
+    return None
 
 
 class CacheBuilder:

@@ -32,8 +32,9 @@ from ..checks import check_namespace
 from ..config import UNSET, CacheConfig, Unset
 from ..persist import model_fingerprint
 from ..rope import Regime
-from .batch import Batch, check_ids, pass_through_reason, position_ids, read_batch, read_prompts
+from .batch import Batch, check_ids, pass_through_reason, read_batch, read_prompts
 from .kvcache import CALLER_CACHE_KEYWORDS, CacheBuilder, CacheKeywords, cache_layers, returned_cache
+from .positions import NATIVE_POSITIONS
 from .regime import NO_TURN, Regimes
 from .steps import PromptStore, prefix_cache, reuse, store_prompts
 from .support import SPLIT_TOLERANCE, input_device, probe, refuse_by_config, rope_rule, vocab_size
@@ -44,6 +45,10 @@ __all__ = ["CachedModel", "PrefillResult", "wrap"]
 
 logger = logging.getLogger("prefixcache")
 
+_ATTENDS_PADDING = (
+    "a left-padded batch: this model's outputs depend on the KV of cached padding (or its padded batch gives "
+    "NaN), and the cache holds zeros there"
+)
 _CACHE_OPTIONS = tuple(f.name for f in dataclasses.fields(CacheConfig))
 _OWN_OPTIONS = ("config", "load", "check", "verify", "on_mismatch", "verify_seed")
 
@@ -134,17 +139,20 @@ class CachedModel:
         self.model: Any = model
         refuse_by_config(model.config)
         rule = rope_rule(model)
-        specs, dtype, device = probe(model, check=check, rope=rule)
+        probed = probe(model, check=check, rope=rule)
         self._cache = PrefixCache(
-            specs, device=device, dtype=dtype, config=settings, fingerprint=model_fingerprint(model)
+            probed.specs,
+            device=probed.device,
+            dtype=probed.dtype,
+            config=settings,
+            fingerprint=model_fingerprint(model),
         )
+        self._positions = probed.positions
         if load is not None:
             self._cache.load(load)
         self._vocab = vocab_size(model)
         self._device = input_device(model)
-        parameters = inspect.signature(model.forward).parameters
-        self._accepts_position_ids = "position_ids" in parameters
-        self._accepts_logits_to_keep = "logits_to_keep" in parameters
+        self._accepts_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._builder = CacheBuilder(model.config)
         self._keywords = CacheKeywords.of(model)
         self._warned: set[str] = set()
@@ -156,8 +164,6 @@ class CachedModel:
         self._rebind_lock = threading.Lock()
         self._verifier: Verifier | None = None  # verify=0, the default: nothing drawn
         if verify > 0:
-            keys = self._regimes.keys if self._regimes is not None else Regimes.single
-            tolerance = SPLIT_TOLERANCE.get(dtype, 5e-2)
             self._verifier = Verifier(
                 verify,
                 on_mismatch,
@@ -165,9 +171,23 @@ class CachedModel:
                 model=model,
                 cache=self._cache,
                 turn=self._turn,
-                keys=keys,
-                tolerance=tolerance,
+                keys=self._keys,
+                tolerance=max(SPLIT_TOLERANCE.get(probed.dtype, 5e-2), 16 * probed.positions.noise),
+                positions=probed.positions,
             )
+
+    def _key(self, namespace: Hashable, batch: Batch, regime: Regime | None, numbered: bool = False) -> Hashable:
+        """The namespace the cache keeps a request's entries under: apart by how the forward
+        numbers positions (:mod:`.positions`) and by rotary regime (:mod:`.regime`)."""
+        key = self._positions.key(namespace, batch, numbered)
+        return key if self._regimes is None or regime is None else self._regimes.key(key, regime)
+
+    def _keys(self, namespace: Hashable) -> list[Hashable]:
+        """Every namespace the cache may keep ``namespace``'s entries under."""
+        bases = [namespace, (NATIVE_POSITIONS, namespace)] if self._positions.own_numbering else [namespace]
+        if self._regimes is None:
+            return bases
+        return [key for base in bases for key in self._regimes.keys(base)]
 
     @property
     def cache(self) -> PrefixCache:
@@ -222,21 +242,22 @@ class CachedModel:
         tokens were computed (those already cached are not). Raises
         ``TypeError``/``ValueError`` for bad input.
         """
+        self._check_weights()
         rows = read_prompts(prompts, vocab=self._vocab, device=self._device)
         check_namespace(namespace)
         regimes = self._regimes
         of_row: list[Regime | None] = [None] * len(rows) if regimes is None else [*regimes.of_prompts(rows, pin=pin)]
         computed = 0
         for row, regime in zip(rows, of_row, strict=True):
-            key = namespace
-            if regimes is not None and regime is not None:
-                if not regime.reuse:
-                    self._warn_once(f"warm: a prompt this long is not cached ({regimes.why})")
-                    continue
-                key = regimes.key(namespace, regime)
-            tokens = row.cpu()
+            if regimes is not None and regime is not None and not regime.reuse:
+                self._warn_once(f"warm: a prompt this long is not cached ({regimes.why})")
+                continue
+            batch = self._read(row.unsqueeze(0), None)
+            # Numbered as generate numbers a prompt: what is warmed is what requests reuse.
+            key = self._key(namespace, batch, regime, numbered=True)
+            tokens = batch.prompts[0]
             if self._cache.cached_length(tokens, namespace=key) < len(tokens):  # else nothing to compute
-                res = self.prefill(row.unsqueeze(0), namespace=namespace, logits_to_keep=1)
+                res = self._prefill(batch, namespace, 1, None, numbered=True)
                 computed += row.numel() - res.cached_length
             if pin:
                 self._cache.pin(tokens, namespace=key)
@@ -273,18 +294,30 @@ class CachedModel:
             isinstance(max_cached_length, bool) or not isinstance(max_cached_length, int) or max_cached_length < 0
         ):
             raise ValueError(f"max_cached_length: expected None or an int >= 0, got {max_cached_length!r}")
+        return self._prefill(batch, namespace, logits_to_keep, max_cached_length)
+
+    def _prefill(
+        self,
+        batch: Batch,
+        namespace: Hashable,
+        logits_to_keep: int,
+        max_cached_length: int | None,
+        *,
+        numbered: bool = False,
+    ) -> PrefillResult:
+        """``prefill`` of a checked batch; ``numbered``: positions as generate numbers them."""
         if self.model.training:
             return self._prefill_uncached(batch, logits_to_keep, "the model is in training mode (dropout would differ)")
-        key, regime = namespace, None
+        if any(batch.pads) and not self._positions.zeros_for_padding:
+            return self._prefill_uncached(batch, logits_to_keep, _ATTENDS_PADDING)
+        regime = None
         if self._regimes is not None:
             regime = self._regimes.of_batch(batch)
             if not regime.reuse:
                 return self._prefill_uncached(batch, logits_to_keep, self._regimes.why)
-            key = self._regimes.key(namespace, regime)
-        with reuse(self._cache, batch, key, max_cached_length) as (hits, length):
-            kwargs: dict[str, Any] = {}
-            if self._accepts_position_ids:
-                kwargs["position_ids"] = position_ids(batch.attention_mask)[:, length:]
+        key = self._key(namespace, batch, regime, numbered)
+        with reuse(self._cache, batch, key, self._positions, max_cached_length) as (hits, length):
+            kwargs: dict[str, Any] = self._positions.kwargs(batch, length, numbered)
             if logits_to_keep:
                 kwargs["logits_to_keep"] = logits_to_keep
             with self._turn:
@@ -300,7 +333,7 @@ class CachedModel:
                 logits = logits[:, -logits_to_keep:]
             self._store(batch, hits, returned_cache(out), regime=regime)
         if length and self._verifier is not None and self._verifier.draw():  # outside the pins
-            logits = self._verifier.prefill(batch, logits, namespace, length)
+            logits = self._verifier.prefill(batch, logits, namespace, length, numbered)
         return PrefillResult(logits, length)
 
     @torch.no_grad()
@@ -339,18 +372,20 @@ class CachedModel:
         reason = pass_through_reason(self.model, kwargs)
         self._check_weights()
         batch = self._read(input_ids, attention_mask, kwargs)
+        if reason is None and any(batch.pads) and not self._positions.zeros_for_padding:
+            reason = _ATTENDS_PADDING
         check_namespace(namespace)
-        key, regime = namespace, None
+        regime = None
         if reason is None and self._regimes is not None:
             regime = self._regimes.of_batch(batch)
             reason = self._regimes.generate_reason(regime, kwargs, self.model.generation_config)
-            key = self._regimes.key(namespace, regime)
+        key = self._regimes.key(namespace, regime) if self._regimes is not None and regime is not None else namespace
         if reason is not None:
             self._count_pass_through(batch, reason)
             with self._turn:
                 return self.model.generate(batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
         run_kwargs, rng = kwargs, None
-        with reuse(self._cache, batch, key) as (hits, length):
+        with reuse(self._cache, batch, key, self._positions) as (hits, length):
             kv_cache = prefix_cache(self._cache, self._builder, batch, hits, length)
             early: PromptStore | None = None
             if self._regimes is not None and regime is not None:
@@ -437,7 +472,7 @@ class CachedModel:
         row_ends = None  # without a regime every row's tokens have KV up to their end: no cut
         if self._regimes is not None and regime is not None:
             row_ends = self._regimes.row_ends(batch, regime, positions)
-        store_prompts(self._cache, batch, hits, layers, fed, eos, row_ends)
+        store_prompts(self._cache, batch, hits, layers, fed, eos, row_ends, self._positions)
 
     def _eos_ids(self, kwargs: dict[str, Any]) -> np.ndarray | None:
         config = kwargs.get("generation_config") or self.model.generation_config
@@ -452,7 +487,7 @@ class CachedModel:
                 self.model,
                 batch,
                 logits_to_keep,
-                takes_position_ids=self._accepts_position_ids,
+                takes_position_ids=self._positions.forward_ids(batch),
                 takes_logits_to_keep=self._accepts_logits_to_keep,
             )
         return PrefillResult(logits, 0)

@@ -26,25 +26,29 @@ from ..checks import TokenIds
 from ..kv.layout import LayerKV
 from .batch import Batch
 from .kvcache import CacheBuilder
+from .positions import Positions
 
 __all__ = ["PromptStore", "prefix_cache", "reuse", "store_prompts"]
 
 
 @contextlib.contextmanager
 def reuse(
-    cache: PrefixCache, batch: Batch, namespace: Hashable, limit: int | None = None
+    cache: PrefixCache, batch: Batch, namespace: Hashable, positions: Positions, limit: int | None = None
 ) -> Iterator[tuple[list[Hit], int]]:
     """Match and pin every row (leaving its last token to compute, and at most ``limit``
-    tokens); yield the hits and the common cached length C; release them all however the
-    request ends."""
+    tokens; none for a padded row of a model whose positions count the padding); yield
+    the hits and the common cached length C; release them all however the request ends."""
     hits: list[Hit] = []
     # A lone request may wait for another computing its prefix; the rows of a batch never
     # wait (each leaves a claim, and a request holding claims must not wait on others).
     wait = cache.config.shared_wait if len(batch.prompts) == 1 else 0.0
+    padded = positions.zeros_for_padding or not any(batch.pads)
     try:
-        for row in batch.prompts:
+        for row, pad in zip(batch.prompts, batch.pads, strict=True):
             most = len(row) - 1 if limit is None else min(len(row) - 1, limit)
-            hits.append(cache.match(row, namespace=namespace, max_length=most, claim=True, wait=wait))
+            if not positions.row_reusable(pad) or not padded:
+                most = 0
+            hits.append(cache.match(row, namespace=namespace, max_length=most, claim=most > 0, wait=wait))
         yield hits, min(pad + hit.length for pad, hit in zip(batch.pads, hits, strict=True))
     finally:
         for hit in hits:
@@ -86,11 +90,15 @@ def store_prompts(
     fed: np.ndarray | None,
     eos: np.ndarray | None,
     row_ends: Sequence[int] | None,
+    positions: Positions,
 ) -> None:
     """Insert each prompt and its ``fed`` generated tokens (those whose KV is in
     ``layers``) below the row's hit: a row is cut after its first end-of-sequence token
-    (what follows is padding fed to the model) and at ``row_ends[r]`` when given."""
+    (what follows is padding fed to the model) and at ``row_ends[r]`` when given; a padded
+    row of a model whose positions count the padding is not stored."""
     for r, (row, hit) in enumerate(zip(batch.prompts, hits, strict=True)):
+        if not positions.row_reusable(batch.pads[r]):
+            continue
         tokens: TokenIds = row
         if fed is not None:
             more = fed[r]

@@ -13,8 +13,9 @@ change, then for a short prompt.
 
 from __future__ import annotations
 
+import inspect
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import DynamicCache
@@ -24,8 +25,9 @@ from ..errors import UnsupportedModelError
 from ..kv.layout import LayerSpec
 from ..rope import RopeKind, RopeRule, classify, probe_pairs, probe_thresholds
 from .kvcache import CacheKeywords, cache_layers, returned_cache
+from .positions import Positions, probe_positions
 
-__all__ = ["SPLIT_TOLERANCE", "input_device", "probe", "refuse_by_config", "rope_rule", "vocab_size"]
+__all__ = ["SPLIT_TOLERANCE", "Probed", "input_device", "probe", "refuse_by_config", "rope_rule", "vocab_size"]
 
 logger = logging.getLogger("prefixcache")
 
@@ -53,6 +55,12 @@ def refuse_by_config(config: Any) -> None:
             )
         if getattr(text, "attention_chunk_size", None) is not None:
             raise UnsupportedModelError(f"model type {name!r}: chunked attention is not supported")
+    if getattr(text, "keep_window_size", None) is not None:
+        raise UnsupportedModelError(
+            f"model type {name!r}: its dynamic-mask attention keeps the top keep_window_size="
+            f"{text.keep_window_size} keys among all of a sequence's, later ones included, so past that length a "
+            "token's KV depends on the tokens after it"
+        )
 
 
 def rope_rule(model: Any) -> RopeRule:
@@ -81,11 +89,23 @@ def _rotary_module_types(model: Any) -> set[str]:
     return found
 
 
-def probe(model: Any, *, check: bool, rope: RopeRule) -> tuple[list[LayerSpec], torch.dtype, torch.device]:
-    """Run a short prompt to read every layer's KV shape, dtype and device, and (with
-    ``check``) compare the logits of prompts run whole and in two parts: across the
-    lengths where the config suggests a rotation might change (where ``rope`` lets a
-    prefix be reused there), then a short one."""
+class Probed(NamedTuple):
+    """What :func:`probe` read of a model."""
+
+    specs: list[LayerSpec]
+    """Each layer's KV shape for one token."""
+    dtype: torch.dtype
+    device: torch.device
+    positions: Positions
+    """How it numbers positions (see :mod:`.positions`)."""
+
+
+def probe(model: Any, *, check: bool, rope: RopeRule) -> Probed:
+    """Run a short prompt to read every layer's KV shape, dtype and device, and how the model
+    numbers positions (alone, from 0, left-padded); with ``check``, compare the logits of
+    prompts run whole and in two parts (across the lengths where the config suggests a
+    rotation might change, where ``rope`` lets a prefix be reused there, then a short one)
+    and a ``generate`` handed an empty cache with one that makes its own."""
     name = getattr(model.config, "model_type", type(model).__name__)
     n = 12
     generator = torch.Generator().manual_seed(0)
@@ -119,11 +139,23 @@ def probe(model: Any, *, check: bool, rope: RopeRule) -> tuple[list[LayerSpec], 
             raise UnsupportedModelError(
                 f"model type {name!r}: its layers keep KV on several devices or dtypes; put the model on one device"
             )
-        if check:
-            _check_thresholds(model, rope, name)
-            # Last, and short: it leaves a dynamic NTK rotary embedding in its original state.
-            _check_split_run(model, ids, whole.logits, name)
-    return specs, dtype, kv_device
+        takes_ids = "position_ids" in inspect.signature(model.forward).parameters
+        tolerance = SPLIT_TOLERANCE.get(whole.logits.dtype, 5e-2)
+        try:
+            positions = probe_positions(model, ids, whole.logits, takes_ids, tolerance, keywords)
+            if check:
+                _check_thresholds(model, rope, name, positions.noise)
+                _check_generate(model, ids, name, positions.noise, keywords)
+                # Last, and short: it leaves a dynamic NTK rotary embedding in its original state.
+                _check_split_run(model, ids, whole.logits, name, positions.noise)
+        except UnsupportedModelError:
+            raise
+        except Exception as err:  # the model cannot run what the cache would ask of it
+            raise UnsupportedModelError(
+                f"model type {name!r}: running a prompt in parts, numbered or padded as the cache would, "
+                f"failed ({type(err).__name__}: {err})"
+            ) from err
+    return Probed(specs, dtype, kv_device, positions)
 
 
 SPLIT_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3}
@@ -135,8 +167,14 @@ logit's magnitude), by dtype; 5e-2 for any other."""
 _PROBE_MAX_TOKENS = 4160
 
 
+def _allowed(dtype: torch.dtype, noise: float) -> float:
+    """The difference taken as rounding, relative to 1 + the largest logit: the dtype's, or
+    more where the model's own noise is larger (a float64 model with float32 parts)."""
+    return max(SPLIT_TOLERANCE.get(dtype, 5e-2), 16 * noise)
+
+
 def _split_difference(
-    model: Any, ids: torch.Tensor, split: int, whole_logits: torch.Tensor | None = None
+    model: Any, ids: torch.Tensor, split: int, noise: float, whole_logits: torch.Tensor | None = None
 ) -> tuple[float, float]:
     """The largest difference between the logits of ``ids[:, split:]`` computed on top of the
     cached KV of ``ids[:, :split]`` and those of ``ids`` run whole, and the difference allowed."""
@@ -149,14 +187,13 @@ def _split_difference(
         rest = model(input_ids=ids[:, split:], use_cache=True, **keywords.to_forward(returned_cache(first)))
     want = whole_logits[:, split:].double()
     got = rest.logits.double()
-    tolerance = SPLIT_TOLERANCE.get(whole_logits.dtype, 5e-2)
-    return float((got - want).abs().max()), tolerance * (1.0 + float(want.abs().max()))
+    return float((got - want).abs().max()), _allowed(whole_logits.dtype, noise) * (1.0 + float(want.abs().max()))
 
 
-def _check_split_run(model: Any, ids: torch.Tensor, whole_logits: torch.Tensor, name: str) -> None:
+def _check_split_run(model: Any, ids: torch.Tensor, whole_logits: torch.Tensor, name: str, noise: float) -> None:
     """The logits of the last tokens computed on top of the first tokens' cached KV must
     be those of the whole prompt, as they are when KV depends only on earlier tokens."""
-    diff, allowed = _split_difference(model, ids, ids.shape[1] // 2, whole_logits)
+    diff, allowed = _split_difference(model, ids, ids.shape[1] // 2, noise, whole_logits)
     if not diff <= allowed:
         raise UnsupportedModelError(
             f"model type {name!r}: logits computed on a cached prefix differ from those of the whole prompt "
@@ -165,7 +202,34 @@ def _check_split_run(model: Any, ids: torch.Tensor, whole_logits: torch.Tensor, 
         )
 
 
-def _check_thresholds(model: Any, rule: RopeRule, name: str) -> None:
+def _check_generate(model: Any, ids: torch.Tensor, name: str, noise: float, keywords: CacheKeywords) -> None:
+    """``generate`` handed an empty DynamicCache (as the cache hands it one) must give what it
+    gives making its own: MPT's, in transformers 5.25, grows a given cache wrongly."""
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    options: dict[str, Any] = dict(
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=3,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=pad if pad is not None else (eos if isinstance(eos, int) else 0),
+    )
+    plain = model.generate(ids, **options)
+    given = model.generate(ids, **options, **keywords.to_generate(DynamicCache(config=model.config)))
+    steps = min(len(plain.logits), len(given.logits))
+    want = torch.stack(plain.logits[:steps]).double()
+    got = torch.stack(given.logits[:steps]).double()
+    diff = float((got - want).abs().max()) if steps else 0.0
+    allowed = _allowed(want.dtype if steps else ids.dtype, noise) * (1.0 + float(want.abs().max()) if steps else 1.0)
+    if not torch.equal(plain.sequences, given.sequences) or not diff <= allowed:
+        raise UnsupportedModelError(
+            f"model type {name!r}: its generate handed an empty DynamicCache gives other outputs than without one "
+            f"(logits differ by {diff:.3g}, allowed {allowed:.3g}); the cache hands it one"
+        )
+
+
+def _check_thresholds(model: Any, rule: RopeRule, name: str, noise: float) -> None:
     """Around each length where the config suggests a rotation might change
     (``original_max_position_embeddings``, or ``max_position_embeddings`` with a rotary
     factor), a prefix must give the whole prompt's logits wherever ``rule`` lets it be
@@ -190,7 +254,7 @@ def _check_thresholds(model: Any, rule: RopeRule, name: str) -> None:
             continue
         ids = torch.randint(0, vocab_size(model), (1, longest), generator=generator).to(input_device(model))
         for prefix, whole in pairs:
-            diff, allowed = _split_difference(model, ids[:, :whole], prefix)
+            diff, allowed = _split_difference(model, ids[:, :whole], prefix, noise)
             if not diff <= allowed:
                 described = ", ".join(rule.rope_types) or "none"
                 raise UnsupportedModelError(

@@ -31,6 +31,7 @@ import torch
 from ..cache import PrefixCache
 from ..errors import VerificationError
 from .batch import Batch, position_ids
+from .positions import Positions
 
 __all__ = [
     "MISMATCH_ACTIONS",
@@ -85,6 +86,7 @@ class Verifier:
         turn: AbstractContextManager[Any],
         keys: Callable[[Hashable], list[Hashable]],
         tolerance: float,
+        positions: Positions,
     ) -> None:
         self.fraction = float(fraction)
         self.action = action
@@ -95,9 +97,8 @@ class Verifier:
         self._cache = cache
         self._turn = turn
         self._keys = keys
-        parameters = inspect.signature(model.forward).parameters
-        self._position_ids = "position_ids" in parameters
-        self._logits_to_keep = "logits_to_keep" in parameters
+        self._positions = positions
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def draw(self) -> bool:
         """Is the next request that reused cached KV to be verified."""
@@ -106,15 +107,18 @@ class Verifier:
         with self._lock:
             return self._random.random() < self.fraction
 
-    def prefill(self, batch: Batch, logits: torch.Tensor, namespace: Hashable, length: int) -> torch.Tensor:
+    def prefill(
+        self, batch: Batch, logits: torch.Tensor, namespace: Hashable, length: int, numbered: bool = False
+    ) -> torch.Tensor:
         """Check the logits a cached ``prefill`` of ``batch`` returned (its last
-        ``logits.shape[1]`` positions); return them, or the uncached run's on a mismatch."""
+        ``logits.shape[1]`` positions; ``numbered`` as generate numbers positions); return
+        them, or the uncached run's on a mismatch."""
         with self._turn:
             want = uncached_logits(
                 self._model,
                 batch,
                 logits.shape[1],
-                takes_position_ids=self._position_ids,
+                takes_position_ids=self._positions.forward_ids(batch, numbered),
                 takes_logits_to_keep=self._logits_to_keep,
             )
         if self._settle(logit_difference(logits, want, batch, self.tolerance), batch, namespace, length):
