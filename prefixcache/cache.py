@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from array import array
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -28,14 +28,17 @@ import torch
 from . import persist
 from .checks import as_tokens, check_count, check_kv, check_namespace
 from .claims import Claims
-from .config import UNSET, CacheConfig, Unset
+from .config import UNSET, CacheConfig, Unset, parse_budget
 from .hit import Hit, Lease
 from .kv import KVLayout, KVPool, LayerKV, LayerSpec
+from .kv.pool import TOKEN_BOOKKEEPING
+from .kv.state import SnapshotPool
 from .pins import UserPins
 from .remote import RemoteTier
 from .stats import CacheStats, Counters
+from .stores import LayerKinds, RowSource, Servable, Stored, Stores, split_budget, store_parts
 from .tiers import Tiers
-from .tree import DEVICE, HOST, Node, RadixTree
+from .tree import DEVICE, HOST, Node, RadixTree, path_length, window_slots
 
 __all__ = ["Hit", "PrefixCache", "SavedNode"]
 
@@ -52,16 +55,6 @@ class SavedNode(NamedTuple):
     """``[len(tokens), width]`` KV rows on the CPU, in the device pool's dtype."""
     tick: int
     """Last access; larger is more recent."""
-
-
-class _Stored(NamedTuple):
-    """Where a store left the path: ``length`` tokens cached up to ``node``, ``slots`` those of
-    the tokens from where it started; ``stored`` of them new."""
-
-    stored: int
-    node: Node | None
-    length: int
-    slots: array
 
 
 class PrefixCache:
@@ -87,10 +80,17 @@ class PrefixCache:
         config: CacheConfig | None = None,
         fingerprint: str | None = None,
         clock: Callable[[], int] | None = None,
+        kinds: LayerKinds | None = None,
         **options: Any,
     ) -> None:
         self.config = CacheConfig.of(config, budget, **options)
-        pool = KVPool(layers, self.config.budget, device=device, dtype=dtype)
+        self._stores: Stores | None = None
+        if kinds is not None and not kinds.plain:
+            pool, self._stores = self._make_stores(kinds, device, dtype)
+        else:
+            pool = KVPool(layers, self.config.budget, device=device, dtype=dtype)
+        self.kinds = kinds or LayerKinds(pool.layers)
+        """What the model's layers keep, by kind (see :mod:`prefixcache.stores`)."""
         self.fingerprint = fingerprint
         """Identifies the model whose KV this is; saved files carry it."""
         self._remote: RemoteTier | None = None
@@ -110,7 +110,7 @@ class PrefixCache:
             )
         self._tree = RadixTree(clock) if clock is not None else RadixTree()
         self._counters = Counters()
-        self._tiers = Tiers(self._tree, pool, None, self._counters)
+        self._tiers = Tiers(self._tree, pool, None, self._counters, self._stores)
         if self.config.host_budget is not None:
             self._tiers.add_host(self.config.host_budget, self.config.host_dtype)
         self._lock = threading.Lock()
@@ -120,12 +120,49 @@ class PrefixCache:
         self._epoch = 0  # bumped when device slots are renumbered: a Hit's slots are then stale
         self._generation = 0  # bumped by rebind: hits made before it store nothing
 
+    def _make_stores(self, kinds: LayerKinds, device: torch.device | str, dtype: torch.dtype) -> tuple[KVPool, Stores]:
+        """The pool, and the window and snapshot pools, of a model with more than full attention;
+        refuses what such a model cannot have yet (a host tier, a remote tier)."""
+        config = self.config
+        for option, value in (("host_budget", config.host_budget), ("remote", config.remote)):
+            if value is not None:
+                raise ValueError(
+                    f"{option}: not available for a model with sliding-window, chunked or recurrent layers "
+                    "(their window rows and state snapshots stay in the device pool); leave it unset"
+                )
+        full = KVLayout(kinds.full, empty=True)
+        window = KVLayout(kinds.window, empty=True)
+        state_bytes = kinds.states.width * kinds.states.dtype.itemsize if kinds.states is not None else 0
+        full_bytes = full.width * dtype.itemsize or TOKEN_BOOKKEEPING
+        shares = split_budget(
+            config.budget_bytes,
+            full_bytes,
+            window.width * dtype.itemsize,
+            state_bytes,
+            window_ratio=config.window_ratio,
+            state_share=config.state_share,
+        )
+        pool = KVPool(full, shares[0], device=device, dtype=dtype)
+        window_pool = KVPool(window, shares[1], device=device, dtype=dtype, name="budget") if kinds.window else None
+        snapshots = SnapshotPool(kinds.states, shares[2], device=device) if kinds.states is not None else None
+        return pool, Stores(kinds, window_pool, snapshots)
+
     # -- reading ------------------------------------------------------------
 
     @property
     def pool(self) -> KVPool:
         """The KV pool on the device (read its shape; do not alloc or free behind the cache)."""
         return self._tiers.device
+
+    @property
+    def window_pool(self) -> KVPool | None:
+        """The window layers' pool (None for a model without sliding-window or chunked layers)."""
+        return self._stores.window if self._stores is not None else None
+
+    @property
+    def snapshot_pool(self) -> SnapshotPool | None:
+        """The recurrent-state snapshot pool (None for a model without recurrent layers)."""
+        return self._stores.snapshots if self._stores is not None else None
 
     @property
     def host_pool(self) -> KVPool | None:
@@ -251,7 +288,13 @@ class PrefixCache:
             lease.slots, lease.epoch = tree.path_slots(lease.node), self._epoch
         found = tree.descend(lease.node, toks[:limit] if limit < len(toks) else toks, have, namespace)
         node, slots = found.node, found.slots
-        if node is lease.node or found.length == have:
+        lease.matched = max(lease.matched, found.length)
+        if self._stores is not None and node is not None:  # end where every kind of layer can serve
+            node, length = self._stores.servable_end(node, found.length)
+            if length <= have:
+                return 0
+            slots = slots[: length - have]
+        if node is lease.node or len(slots) == 0:
             return 0
         tree.pin(node)
         from_host = 0
@@ -345,6 +388,53 @@ class PrefixCache:
             slots = lease.slots if lease.epoch == self._epoch else self._tree.path_slots(lease.node)
             return self._tiers.device.gather(slots[:length] if length < len(slots) else slots, copy=copy)
 
+    def gather_window(self, hit: Hit, length: int | None = None) -> list[LayerKV]:
+        """The window layers' KV of the last ``min(length, span - 1)`` of ``hit``'s first
+        ``length`` tokens (all by default): per window layer ``(keys, values)``, each ``[1,
+        kv_heads, n, head_dim]`` (copies). ``length`` must be servable (:meth:`servable`).
+        Empty for a model without window layers."""
+        lease = hit.lease
+        length = hit.length if length is None else length
+        with self._lock:
+            stores = self._stores
+            if stores is None or stores.window is None:
+                return []
+            n = min(length, stores.need)
+            node = self._node_at_locked(lease, length)
+            return stores.window.gather(window_slots(node, length, n) if n else array("q"))
+
+    def snapshot(self, hit: Hit, length: int | None = None) -> torch.Tensor | None:
+        """The snapshot row (``[width]``, a copy) of the recurrent state after ``hit``'s first
+        ``length`` tokens (all by default), or None at length 0 and for a model without
+        recurrent layers. ``length`` must be servable (:meth:`servable`)."""
+        lease = hit.lease
+        length = hit.length if length is None else length
+        with self._lock:
+            stores = self._stores
+            if stores is None or stores.snapshots is None or length == 0:
+                return None
+            node = self._node_at_locked(lease, length)
+            if node is None or node.snap < 0:
+                raise ValueError(f"length: no snapshot of the state after {length} tokens is held")
+            return stores.snapshots.read([node.snap])[0]
+
+    def servable(self, hit: Hit) -> Servable:
+        """The lengths at which ``hit``'s prefix may be cut and still served (every length up to
+        it for a model with full attention only)."""
+        lease = hit.lease
+        with self._lock:
+            if self._stores is None:
+                return Servable(frozenset(), 0, hit.length)
+            return self._stores.servable(lease.node)
+
+    def _node_at_locked(self, lease: Lease, length: int) -> Node | None:
+        """The node of the lease's path that ends at ``length`` (or covers it)."""
+        node, end = lease.node, path_length(lease.node)
+        while node is not None and node.parent is not None and end - len(node.key) >= length:
+            end -= len(node.key)
+            node = node.parent
+        return node
+
     def insert(
         self,
         tokens: Sequence[int] | torch.Tensor,
@@ -354,6 +444,9 @@ class PrefixCache:
         offset: int = 0,
         row: int = 0,
         hit: Hit | None = None,
+        window: Sequence[LayerKV] | None = None,
+        window_offset: int = 0,
+        snapshots: Mapping[int, torch.Tensor] | None = None,
     ) -> int:
         """Store the KV of whatever part of ``tokens`` is not cached yet.
 
@@ -364,6 +457,12 @@ class PrefixCache:
         enough (the rest is pinned), stores the longest prefix that fits. Returns how many
         tokens were stored. Raises ``TypeError``/``ValueError`` for bad arguments, leaving
         the cache as it was.
+
+        For a model with window layers, ``window`` holds their KV, token ``i``'s at
+        position ``window_offset + i`` (tokens before position 0 are not there); the
+        nodes of the way get the window rows a hit may need of them. For one with recurrent
+        layers, ``snapshots`` maps a token count to the snapshot row of the state after that
+        many tokens; a node ends at each.
         """
         if hit is not None:
             self._check_hit(hit)
@@ -386,6 +485,9 @@ class PrefixCache:
         def write(slots: array, first: int) -> None:
             pool.write(slots, kv, start=offset + first, row=row)
 
+        source = None
+        if self._stores is not None:
+            source = self._row_source(toks, write, row, window, window_offset, snapshots)
         lease = hit.lease if hit is not None else None
         with self._lock:
             if lease is not None and lease.released:
@@ -397,13 +499,53 @@ class PrefixCache:
                 return 0
             self._expire_locked()
             try:
-                stored = self._store_locked(toks, lease.node if lease is not None else None, start, namespace, write)
+                top = lease.node if lease is not None else None
+                if source is not None and self._stores is not None:
+                    stored = store_parts(self._stores, self._tree, self._tiers, toks, top, start, namespace, source)
+                    self._counters.inserted_tokens += stored.stored
+                else:
+                    stored = self._store_locked(toks, top, start, namespace, write)
             finally:
                 if lease is not None and lease.claim is not None:
                     self._end_claim_locked(lease)
         if self._remote is not None:
             self._share(toks, kv, offset, row, namespace)
         return stored.stored
+
+    def _row_source(
+        self,
+        toks: array,
+        write: Callable[[array, int], None],
+        row: int,
+        window: Sequence[LayerKV] | None,
+        window_offset: int,
+        snapshots: Mapping[int, torch.Tensor] | None,
+    ) -> RowSource:
+        """What :func:`store_parts` reads a request's window rows and snapshots from, checked."""
+        stores = self._stores
+        assert stores is not None
+        window_write = None
+        if stores.window is not None and window is not None:
+            if isinstance(window_offset, bool) or not isinstance(window_offset, int):
+                raise TypeError(f"window_offset: expected an int, got {window_offset!r}")
+            pool = stores.window
+            check_kv(window, pool.layers, pool.device, positions=window_offset + len(toks), row=row)
+
+            def window_write(slots: array, first: int) -> None:
+                pool.write(slots, window, start=window_offset + first, row=row)
+
+        rows: dict[int, torch.Tensor] = {}
+        if snapshots:
+            if stores.snapshots is None:
+                raise ValueError("snapshots: this cache's model has no recurrent layers")
+            width = stores.snapshots.layout.width
+            for length, state in snapshots.items():
+                if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= len(toks):
+                    raise ValueError(f"snapshots: a key must be a token count in [1, {len(toks)}], got {length!r}")
+                if not isinstance(state, torch.Tensor) or state.shape != (width,):
+                    raise ValueError(f"snapshots[{length}]: expected a tensor of shape [{width}]")
+                rows[length] = state
+        return RowSource(write, window_write, max(0, -window_offset), rows)
 
     def _share(self, toks: array, kv: Sequence[LayerKV], offset: int, row: int, namespace: Hashable) -> None:
         """Hand the complete chunks of ``toks`` the remote tier does not hold yet to its writer;
@@ -422,7 +564,7 @@ class PrefixCache:
 
     def _store_locked(
         self, toks: array, node: Node | None, start: int, namespace: Hashable, write: Callable[[array, int], None]
-    ) -> _Stored:
+    ) -> Stored:
         """Store the uncached rest of ``toks`` below ``node`` (whose path holds ``toks[:start]``):
         ``write(slots, first)`` fills ``slots`` with the KV of tokens ``first, first + 1, ...``.
         Returns how many tokens it stored and where the cached path now ends."""
@@ -431,20 +573,20 @@ class PrefixCache:
         new = len(toks) - found.length
         parent = found.node
         if new == 0:
-            return _Stored(0, parent, found.length, found.slots)
+            return Stored(0, parent, found.length, found.slots)
         tree.pin(parent)  # keep the path while making room
         cached_slots = found.slots
         try:
             if parent is not None and parent.tier == HOST:
                 if self._tiers.promote(parent)[0] is not parent:
-                    return _Stored(0, parent, found.length, found.slots)  # the cached part could not come back
+                    return Stored(0, parent, found.length, found.slots)  # the cached part could not come back
                 # The host part of the path now lives in new device slots: found.slots named host ones.
                 cached_slots = tree.path_slots(parent)[start:]
             if new > pool.n_free:
                 self._tiers.make_room(new - pool.n_free)
             fits = min(new, pool.n_free)
             if fits == 0:
-                return _Stored(0, parent, found.length, cached_slots)
+                return Stored(0, parent, found.length, cached_slots)
             slots = pool.alloc(fits)
             try:
                 write(slots, found.length)
@@ -455,7 +597,7 @@ class PrefixCache:
         finally:
             tree.unpin(parent)
         self._counters.inserted_tokens += fits
-        return _Stored(fits, leaf, found.length + fits, cached_slots + slots)
+        return Stored(fits, leaf, found.length + fits, cached_slots + slots)
 
     def record_pass_through(self, prompt_tokens: int, requests: int = 1) -> None:
         """Count requests served by the model without the cache (they hit nothing)."""
@@ -551,8 +693,43 @@ class PrefixCache:
         pool. ``host_budget`` on a cache without a host tier adds one.
         """
         with self._lock:
-            self._tiers.resize(budget, host_budget)
+            if self._stores is None:
+                self._tiers.resize(budget, host_budget)
+            else:
+                self._resize_stores_locked(budget, host_budget)
             self._epoch += 1  # device slots were renumbered
+
+    def _resize_stores_locked(self, budget: int | str, host_budget: int | str | None) -> None:
+        """``resize`` of a model with window or snapshot pools: each gets its share of the new
+        budget (as when made); least recently used nodes go until what each holds fits."""
+        stores, pool = self._stores, self._tiers.device
+        assert stores is not None
+        if host_budget is not None:
+            raise ValueError("host_budget: not available for a model with sliding-window, chunked or recurrent layers")
+        window, snapshots = stores.window, stores.snapshots
+        shares = split_budget(
+            parse_budget(budget),
+            pool.bytes_per_slot,
+            window.bytes_per_token if window is not None else 0,
+            snapshots.bytes_per_snapshot if snapshots is not None else 0,
+            window_ratio=self.config.window_ratio,
+            state_share=self.config.state_share,
+        )
+        if window is not None and window.capacity_for(shares[1]) < 1:
+            raise ValueError(f"budget: {budget!r} leaves no room for one token's window rows; give a larger budget")
+        if snapshots is not None and shares[2] < snapshots.bytes_per_snapshot:
+            raise ValueError(f"budget: {budget!r} leaves no room for one state snapshot; give a larger budget")
+        self._tiers.resize(shares[0], None)
+        tree = self._tree
+        if window is not None:
+            capacity = window.capacity_for(shares[1])
+            self._tiers.make_room_until(lambda: window.n_used <= capacity)
+            tree.relabel_window(window.resize(shares[1], array("q", (s for n in tree.iter_nodes() for s in n.wslots))))
+        if snapshots is not None:
+            count = shares[2] // snapshots.bytes_per_snapshot
+            self._tiers.make_room_until(lambda: snapshots.n_used <= count)
+            kept = array("q", (n.snap for n in tree.iter_nodes() if n.snap >= 0))
+            tree.relabel_snapshots(snapshots.resize(shares[2], kept))
 
     def close(self, timeout: float = 2.0) -> None:
         """Flush the remote tier's queue (within ``timeout`` seconds; the rest is dropped and
@@ -581,7 +758,15 @@ class PrefixCache:
         return persist.load(self, path)
 
     def export(self) -> list[SavedNode]:
-        """Every node, parents before children, with its KV rows copied to the CPU (under the lock)."""
+        """Every node, parents before children, with its KV rows copied to the CPU (under the lock).
+
+        Raises ``ValueError`` for a model with window or recurrent layers: their window rows
+        and snapshots have no place in the file format yet."""
+        if self._stores is not None:
+            raise ValueError(
+                "cache: saving is not available for a model with sliding-window, chunked or recurrent layers "
+                "(the file format holds full-attention KV only)"
+            )
         with self._lock:
             index: dict[int, int] = {}
             out: list[SavedNode] = []
@@ -621,6 +806,8 @@ class PrefixCache:
             self._tree._check()
             self._tiers._check()
             self._pins._check()
+            if self._stores is not None:
+                self._stores._check(list(self._tree.iter_nodes()))
 
     # -- forgetting a namespace, counting verifications ---------------------
 

@@ -113,6 +113,17 @@ class CacheConfig:
     shared_wait: float = 30.0
     """Seconds a request may wait for another request of this process that is computing the
     same uncached prefix, rather than compute it too (see :mod:`prefixcache.claims`); 0: never wait."""
+    window_ratio: float = 0.5
+    """For a model with sliding-window or chunked layers: window rows the window pool holds, per
+    token the pool holds (see :mod:`prefixcache.stores`). 1 holds every cached token's window
+    (as much as storing all layers for all tokens); less holds more tokens in the same budget,
+    since a node keeps window rows only for its last window's worth of tokens."""
+    state_share: float = 0.25
+    """For a model with recurrent layers beside attention: the share of the budget for state
+    snapshots (a model with recurrent layers only gives them nearly all of it)."""
+    snapshot_interval: int = 512
+    """For a model with recurrent layers: tokens between the snapshots left along a computed
+    prompt (besides those at its end and where it left a cached path); 0: none between."""
 
     def __post_init__(self) -> None:
         parse_budget(self.budget, "budget")
@@ -139,6 +150,13 @@ class CacheConfig:
         wait = self.shared_wait
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
             raise ValueError(f"shared_wait: expected a number of seconds >= 0, got {wait!r}")
+        for name in ("window_ratio", "state_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"{name}: expected a number in (0, 1], got {value!r}")
+        interval = self.snapshot_interval
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+            raise ValueError(f"snapshot_interval: expected an int >= 0 (tokens; 0: none), got {interval!r}")
         ttl = self.ttl
         if ttl is not None and (
             isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0 or ttl == float("inf")

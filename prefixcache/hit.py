@@ -29,7 +29,7 @@ class Lease:
     tokens its request claimed to compute (see :mod:`prefixcache.claims`), and whether the
     pin was released. Read and changed under the cache's lock."""
 
-    __slots__ = ("claim", "epoch", "generation", "node", "owner", "released", "slots")
+    __slots__ = ("claim", "epoch", "generation", "matched", "node", "owner", "released", "slots")
 
     def __init__(self, owner: _Owner, node: Node | None, slots: array, epoch: int, generation: int = 0) -> None:
         self.owner = owner
@@ -37,6 +37,9 @@ class Lease:
         self.slots = slots
         self.epoch = epoch
         self.generation = generation
+        self.matched = len(slots)
+        """Tokens the tree matched, at least those served (a model with window or recurrent
+        layers serves less where a hit cannot end: see :mod:`prefixcache.stores`)."""
         self.claim: Claim | None = None
         self.released = False
 
@@ -48,11 +51,12 @@ class Hit:
     pinned its tokens cannot be evicted.
     """
 
-    __slots__ = ("_lease", "_length", "_namespace", "_tokens")
+    __slots__ = ("_lease", "_length", "_matched", "_namespace", "_tokens")
 
     def __init__(self, lease: Lease, namespace: Hashable, tokens: array) -> None:
         self._lease = lease
         self._length = len(lease.slots)
+        self._matched = max(lease.matched, self._length)
         self._namespace = namespace
         self._tokens = tokens
 
@@ -60,6 +64,13 @@ class Hit:
     def length(self) -> int:
         """How many leading tokens are cached."""
         return self._length
+
+    @property
+    def matched(self) -> int:
+        """How many leading tokens the tree holds, at least :attr:`length`: more where the
+        prefix could not be cut there (no snapshot of recurrent state, or an incomplete
+        window), so that a request computing from :attr:`length` leaves one there."""
+        return self._matched
 
     @property
     def namespace(self) -> Hashable:

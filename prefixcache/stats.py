@@ -47,11 +47,17 @@ class CacheStats:
     capacity_tokens: int = 0
     """Tokens the pool holds when full."""
     bytes_used: int = 0
-    """Bytes of the pool holding cached KV now."""
+    """Bytes of the pools holding cached KV (and window rows and snapshots) now."""
     bytes_reserved: int = 0
-    """Bytes the pool takes on its device (never above the budget)."""
+    """Bytes the pools take on their device (never above the budget)."""
     nodes: int = 0
     """Nodes in the radix tree."""
+    window_tokens: int = 0
+    """Tokens whose sliding-window or chunked layers' KV is held now (see :mod:`prefixcache.stores`)."""
+    snapshots: int = 0
+    """Snapshots of recurrent state held now."""
+    snapshot_capacity: int = 0
+    """Snapshots the snapshot pool holds when full (0 for a model without recurrent layers)."""
     host_hit_tokens: int = _counter()
     """Of the hit tokens, those found in the host tier (copied back to the device)."""
     host_cached_tokens: int = 0

@@ -12,13 +12,17 @@ copy between pools.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
 
 import torch
 
 from .kv import Int8Codec, KVPool
 from .stats import Counters
 from .tree import ALL, DEVICE, HOST, EvictResult, Node, RadixTree, Tier
+
+if TYPE_CHECKING:
+    from .stores import Stores
 
 __all__ = ["Tiers"]
 
@@ -31,11 +35,15 @@ class Tiers:
     ``counters``.
     """
 
-    def __init__(self, tree: RadixTree, device: KVPool, host: KVPool | None, counters: Counters) -> None:
+    def __init__(
+        self, tree: RadixTree, device: KVPool, host: KVPool | None, counters: Counters, stores: Stores | None = None
+    ) -> None:
         self.tree = tree
         self.device = device
         self.host = host
         self.counters = counters
+        self.stores = stores
+        """The window and snapshot pools of a model with sliding-window or recurrent layers."""
 
     def add_host(self, budget: int | str, dtype: torch.dtype | None) -> None:
         """Add a host tier of ``budget`` bytes: the device pool's layers in host memory (page-locked
@@ -70,6 +78,12 @@ class Tiers:
         out = self.tree.evict(n_tokens, DEVICE, demote=self._demote if self.host is not None else None)
         self.release(out)
         return len(out.slots) + out.moved
+
+    def make_room_until(self, enough: Callable[[], bool]) -> None:
+        """Drop least recently used device nodes, one at a time, until ``enough()`` or none can go
+        (for the window and snapshot pools, whose room follows the nodes')."""
+        while not enough() and self.tree.victim(DEVICE) is not None:
+            self.release(self.tree.evict(1, DEVICE))
 
     def _demote(self, node: Node) -> bool:
         if not self._host_room(len(node.key)):
@@ -200,8 +214,11 @@ class Tiers:
             "cached_tokens": tree.tier_size(DEVICE),
             "pinned_tokens": tree.pinned_size,
             "capacity_tokens": pool.capacity,
-            "bytes_used": pool.n_used * pool.bytes_per_token,
-            "bytes_reserved": pool.reserved_bytes,
+            "bytes_used": pool.n_used * pool.bytes_per_token + self._store_bytes(used=True),
+            "bytes_reserved": pool.reserved_bytes + self._store_bytes(used=False),
+            "window_tokens": self.stores.window.n_used if self.stores and self.stores.window else 0,
+            "snapshots": self.stores.snapshots.n_used if self.stores and self.stores.snapshots else 0,
+            "snapshot_capacity": self.stores.snapshots.capacity if self.stores and self.stores.snapshots else 0,
             "nodes": tree.n_nodes,
             "host_cached_tokens": tree.tier_size(HOST),
             "host_capacity_tokens": host.capacity if host is not None else 0,
@@ -209,11 +226,24 @@ class Tiers:
             "host_bytes_reserved": host.reserved_bytes if host is not None else 0,
         }
 
+    def _store_bytes(self, *, used: bool) -> int:
+        """Bytes the window and snapshot pools hold (``used``) or take."""
+        stores, total = self.stores, 0
+        if stores is not None and stores.window is not None:
+            window = stores.window
+            total += window.n_used * window.bytes_per_token if used else window.reserved_bytes
+        if stores is not None and stores.snapshots is not None:
+            snapshots = stores.snapshots
+            total += snapshots.n_used * snapshots.bytes_per_snapshot if used else snapshots.reserved_bytes
+        return total
+
     def release(self, out: EvictResult) -> None:
         """Give the slots of dropped nodes back to their pools and count the tokens."""
         self.device.free(out.slots)
         if out.host_slots:
             self.pool(HOST).free(out.host_slots)
+        if self.stores is not None:
+            self.stores.release(out.window_slots, out.snapshots)
         self.counters.evicted_tokens += out.n_tokens
 
     def owned(self, tier: Tier) -> array:

@@ -216,6 +216,7 @@ FAMILY: dict[str, dict[str, Any]] = {
     "cohere_compass_text": dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
     "deepseek_v2": dict(num_experts_per_tok=2),
     "dots1": dict(n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1),
+    "lfm2": dict(layer_types=["conv", "full_attention"]),  # the default has full attention only
     "lfm2_moe": dict(layer_types=["conv", "full_attention"], num_dense_layers=1),
     "qwen4_exp_text": dict(
         indexer_n_heads=4, indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=16, indexer_compress_ratio=4
@@ -587,6 +588,15 @@ class Checks:
                 for _ in range(2):
                     ids = self.ordinary[torch.randint(len(self.ordinary), (1, 40), generator=generator)]
                     whole = self.model(ids).logits
+                    # A prompt computed in two parts (as the cache computes one of a model with
+                    # recurrent layers, in segments ending where its state is kept).
+                    for split in (7, 13, 26, 33):
+                        out = self.model(ids[:, :split], use_cache=True)
+                        fields = getattr(type(out), "__dataclass_fields__", {})
+                        kv = getattr(out, "cache" if "cache" in fields else "past_key_values")
+                        rest = self.model(ids[:, split:], use_cache=True, **{keyword: kv}).logits
+                        want = whole[:, split:]
+                        noise = max(noise, float((rest - want).abs().max()) / (1 + float(want.abs().max())))
                     for split in (20, 32):
                         out = self.model(ids[:, :split], use_cache=True)
                         for t in range(split, ids.shape[1]):

@@ -21,27 +21,28 @@ def build(config: Any) -> Any:
     return AutoModelForCausalLM.from_config(config, dtype=torch.float64).eval()
 
 
-def test_gemma2_with_sliding_window_layers_is_refused() -> None:
-    model = build(config_for("gemma2", sliding_window=8))
-    with pytest.raises(UnsupportedModelError, match=r"gemma2.*sliding_attention"):
-        prefixcache.wrap(model)
+@pytest.mark.parametrize(
+    ("model_type", "options"),
+    [
+        ("gemma2", dict(sliding_window=8)),
+        ("mistral", dict(sliding_window=6)),
+        ("qwen2", dict(use_sliding_window=True, sliding_window=6, max_window_layers=1)),
+    ],
+)
+def test_sliding_window_models_are_served_exactly(model_type: str, options: dict[str, Any]) -> None:
+    """Once refused: each layer now gets what its own cache would hold (see tests/test_windows.py)."""
+    model = build(config_for(model_type, **options))
+    cached = prefixcache.wrap(model, "1MiB")
+    ids = torch.arange(3, 40).unsqueeze(0)
+    cached.prefill(ids[:, :20])
+    res = cached.prefill(ids)
+    assert res.cached_length == 20
+    with torch.no_grad():
+        want = model(ids).logits[:, 20:]
+    assert float((res.logits - want).abs().max()) <= 1e-6 * (1 + float(want.abs().max()))
 
 
-def test_mistral_with_a_sliding_window_shorter_than_the_prompt_is_refused() -> None:
-    model = build(config_for("mistral", sliding_window=6))
-    with pytest.raises(UnsupportedModelError, match=r"mistral.*sliding_window=6"):
-        prefixcache.wrap(model)
-
-
-def test_qwen2_with_sliding_window_in_use_is_refused_and_not_in_use_is_accepted() -> None:
-    on = build(config_for("qwen2", use_sliding_window=True, sliding_window=6, max_window_layers=1))
-    with pytest.raises(UnsupportedModelError, match="qwen2"):
-        prefixcache.wrap(on)
-    off = build(config_for("qwen2", use_sliding_window=False, sliding_window=6))
-    assert prefixcache.wrap(off, "1MiB").cache.stats.capacity_tokens > 0
-
-
-def test_recurrent_model_is_refused() -> None:
+def test_a_recurrent_model_whose_cache_does_not_continue_a_prompt_is_refused() -> None:
     config = AutoConfig.for_model(
         "mamba", vocab_size=VOCAB, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2, conv_kernel=2
     )

@@ -108,7 +108,7 @@ def test_evict_everything_and_evict_zero() -> None:
         tree.insert(s, slots_for(s, base))
         base += 10
     before = tree.size
-    assert tree.evict(0) == (0, array("q"), array("q"), 0)
+    assert tree.evict(0) == (0, array("q"), array("q"), 0, array("q"), array("q"))
     assert tree.size == before
     out = tree.evict(10**6)
     assert out.n_tokens == before and sorted(out.slots) == sorted(

@@ -16,12 +16,29 @@ import inspect
 from typing import Any, NamedTuple
 
 import torch
-from transformers import DynamicCache, GenerationMixin
+from transformers import DynamicCache, GenerationMixin, cache_utils
 from transformers.cache_utils import DynamicLayer
 
 from ..kv.layout import LayerKV
 
-__all__ = ["CacheBuilder", "CacheKeywords", "cache_from_kv", "cache_layers", "kv_of", "prompt_cache", "returned_cache"]
+__all__ = [
+    "CacheBuilder",
+    "CacheKeywords",
+    "Parts",
+    "Role",
+    "cache_from_kv",
+    "cache_layers",
+    "empty_cache",
+    "fill_parts",
+    "kv_of",
+    "layer_roles",
+    "new_layers",
+    "prompt_cache",
+    "read_parts",
+    "record_window",
+    "returned_cache",
+    "state_tensors",
+]
 
 _NEW, _OLD = "cache", "past_key_values"
 
@@ -161,3 +178,142 @@ def cache_layers(cache: Any, *, strict: bool = False) -> list[LayerKV] | None:
             return None
         out.append((keys, values))
     return out or None
+
+
+# -- caches of more than full attention ------------------------------------------------------
+
+
+class Role(NamedTuple):
+    """What one layer of a model keeps in its cache."""
+
+    full: bool
+    """The KV of every token (full attention, or a hybrid layer's attention part)."""
+    window: int
+    """The KV of the last ``window - 1`` tokens (a sliding window or an attention chunk); 0: none."""
+    states: int
+    """Convolution and recurrent state pairs (linear attention, state space, short convolution); 0: none."""
+
+
+def _cache_class(name: str) -> type | None:
+    return getattr(cache_utils, name, None)
+
+
+def layer_roles(cache: Any) -> list[Role | str]:
+    """Each layer of a DynamicCache as a :class:`Role`, or the name of its class where the cache
+    cannot hold what it keeps (an indexed attention's indexer keys, a quantized layer's, or a
+    sliding window sharing one object with a recurrent state: recording the window's every
+    position would record the state's history too)."""
+    known: dict[Any, Any] = {
+        DynamicLayer: lambda layer: Role(True, 0, 0),
+        _cache_class("DynamicSlidingWindowLayer"): lambda layer: Role(False, int(layer.sliding_window), 0),
+        _cache_class("LinearAttentionLayer"): lambda layer: Role(False, 0, int(layer.number_of_states)),
+        _cache_class("LinearAttentionAndFullAttentionLayer"): lambda layer: Role(True, 0, int(layer.number_of_states)),
+        _cache_class("DummyLayer"): lambda layer: Role(False, 0, 0),
+    }
+    known.pop(None, None)  # classes this transformers release does not have
+    return [known[type(layer)](layer) if type(layer) in known else type(layer).__name__ for layer in cache.layers]
+
+
+class Parts(NamedTuple):
+    """What a cache holds, by kind, each in the order of the model's layers."""
+
+    full: list[LayerKV]
+    """The KV of each layer with a full part, ``[batch, kv_heads, positions, head_dim]``."""
+    window: list[LayerKV]
+    """The KV each window layer holds (its last ``window - 1`` positions, or every position
+    while it records them), likewise."""
+    states: list[torch.Tensor]
+    """Each state tensor, ``[batch, *shape]``, in the order of :func:`state_tensors`."""
+
+
+def state_tensors(cache: Any, roles: list[Role]) -> list[tuple[int, int, str, torch.Tensor]]:
+    """``(layer, state, "conv" or "recurrent", tensor)`` for every state a forward pass left in
+    ``cache``, layer by layer, conv before recurrent."""
+    out = []
+    for i, role in enumerate(roles):
+        layer = cache.layers[i]
+        for s in range(role.states):
+            for kind, held in (("conv", layer.conv_states), ("recurrent", layer.recurrent_states)):
+                tensor = held.get(s)
+                if tensor is not None:
+                    out.append((i, s, kind, tensor))
+    return out
+
+
+def read_parts(cache: Any, roles: list[Role]) -> Parts:
+    """The tensors of ``cache`` by kind (not copied)."""
+    full, window = [], []
+    for layer, role in zip(cache.layers, roles, strict=True):
+        if role.full:
+            full.append((layer.keys, layer.values))
+        elif role.window:
+            window.append((layer.keys, layer.values))
+    return Parts(full, window, [t for *_, t in state_tensors(cache, roles)])
+
+
+def record_window(cache: Any, roles: list[Role]) -> None:
+    """Make the window layers of ``cache`` keep every position they compute, not their last
+    ``window - 1`` (what they give the attention is the same), so that they can be stored."""
+    for layer, role in zip(cache.layers, roles, strict=True):
+        if role.window:
+            layer.record_past = True
+
+
+def new_layers(cache: Any) -> list[Any]:
+    """Fresh layers of the classes and parameters of ``cache``'s (a model may add layers to a
+    cache beyond those ``DynamicCache(config=...)`` makes)."""
+    out = []
+    for layer in cache.layers:
+        kwargs: dict[str, Any] = {}
+        if hasattr(layer, "sliding_window"):
+            kwargs["sliding_window"] = layer.sliding_window
+        if hasattr(layer, "number_of_states"):
+            kwargs["number_of_states"] = layer.number_of_states
+        out.append(type(layer)(**kwargs))
+    return out
+
+
+def empty_cache(layers: list[Any]) -> DynamicCache:
+    """A DynamicCache of ``layers`` (from :func:`new_layers`)."""
+    cache = DynamicCache()
+    cache.layers[:] = layers
+    return cache
+
+
+def fill_parts(cache: Any, roles: list[Role], parts: Parts, length: int, specs: list[tuple[int, int, str]]) -> Any:
+    """Set up ``cache`` (new, from :func:`empty_cache`) as transformers' own cache would
+    be after ``length`` positions: full layers hold ``parts.full`` (``length`` positions),
+    window layers ``parts.window`` (the last positions, recording what follows), state
+    layers ``parts.states`` (``specs[i]`` names ``parts.states[i]``: layer, state and
+    ``"conv"`` or ``"recurrent"``). KV is taken as it is (the model replaces what it
+    extends); states are copied into the layers' own tensors (the model writes into them)."""
+    states = dict(zip(specs, parts.states, strict=True))
+    fi = wi = 0
+    for i, (layer, role) in enumerate(zip(cache.layers, roles, strict=True)):
+        if role.states:
+            device = None
+            for s in range(role.states):
+                conv, recurrent = states.get((i, s, "conv")), states.get((i, s, "recurrent"))
+                if conv is not None:
+                    layer.lazy_initialization(conv_states=conv, state_idx=s, conv_kernel_size=conv.shape[-1])
+                    layer.conv_states[s].copy_(conv)
+                    device = conv.device
+                if recurrent is not None:
+                    layer.lazy_initialization(recurrent_states=recurrent, state_idx=s)
+                    layer.recurrent_states[s].copy_(recurrent)
+                    device = device or recurrent.device
+                layer.has_previous_state[s] = length > 0
+            layer.cumulative_length_linear = torch.tensor(length, dtype=torch.long, device=device)
+        if role.full:
+            keys, values = parts.full[fi]
+            fi += 1
+            layer.lazy_initialization(keys[:, :, :0], values[:, :, :0])
+            layer.keys, layer.values = keys, values
+        elif role.window:
+            keys, values = parts.window[wi]
+            wi += 1
+            layer.lazy_initialization(keys[:, :, :0], values[:, :, :0])
+            layer.keys, layer.values = keys, values
+            layer.cumulative_length = length
+            layer.record_past = True
+    return cache

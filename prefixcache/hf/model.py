@@ -32,6 +32,7 @@ from ..checks import check_namespace
 from ..config import UNSET, CacheConfig, Unset
 from ..persist import model_fingerprint
 from ..rope import Regime
+from . import segments
 from .batch import Batch, check_ids, pass_through_reason, read_batch, read_prompts
 from .kvcache import CALLER_CACHE_KEYWORDS, CacheBuilder, CacheKeywords, cache_layers, returned_cache
 from .positions import NATIVE_POSITIONS
@@ -140,12 +141,14 @@ class CachedModel:
         refuse_by_config(model.config)
         rule = rope_rule(model)
         probed = probe(model, check=check, rope=rule)
+        self._layers = probed.layers
         self._cache = PrefixCache(
-            probed.specs,
+            probed.layers.kinds.full,
             device=probed.device,
             dtype=probed.dtype,
             config=settings,
             fingerprint=model_fingerprint(model),
+            kinds=probed.layers.kinds,
         )
         self._positions = probed.positions
         if load is not None:
@@ -317,24 +320,55 @@ class CachedModel:
                 return self._prefill_uncached(batch, logits_to_keep, self._regimes.why)
         key = self._key(namespace, batch, regime, numbered)
         with reuse(self._cache, batch, key, self._positions, max_cached_length) as (hits, length):
-            kwargs: dict[str, Any] = self._positions.kwargs(batch, length, numbered)
-            if logits_to_keep:
-                kwargs["logits_to_keep"] = logits_to_keep
-            with self._turn:
-                out = self.model(
-                    input_ids=batch.input_ids[:, length:],
-                    attention_mask=batch.attention_mask,
-                    use_cache=True,
-                    **self._keywords.to_forward(prefix_cache(self._cache, self._builder, batch, hits, length)),
-                    **kwargs,
-                )
-            logits = out.logits
+            kv_cache = prefix_cache(self._cache, self._builder, batch, hits, length, self._layers)
+            if self._layers.kinds.states is not None:
+                logits, snapshots = self._in_segments(batch, hits, kv_cache, length, logits_to_keep, numbered)
+                self._store(batch, hits, kv_cache, regime=regime, snapshots=snapshots)
+            else:
+                kwargs: dict[str, Any] = self._positions.kwargs(batch, length, numbered)
+                if logits_to_keep:
+                    kwargs["logits_to_keep"] = logits_to_keep
+                with self._turn:
+                    out = self.model(
+                        input_ids=batch.input_ids[:, length:],
+                        attention_mask=batch.attention_mask,
+                        use_cache=True,
+                        **self._keywords.to_forward(kv_cache),
+                        **kwargs,
+                    )
+                logits = out.logits
+                self._store(batch, hits, returned_cache(out), regime=regime)
             if logits_to_keep and logits.shape[1] > logits_to_keep:  # a model that ignored logits_to_keep
                 logits = logits[:, -logits_to_keep:]
-            self._store(batch, hits, returned_cache(out), regime=regime)
         if length and self._verifier is not None and self._verifier.draw():  # outside the pins
             logits = self._verifier.prefill(batch, logits, namespace, length, numbered)
         return PrefillResult(logits, length)
+
+    def _in_segments(
+        self, batch: Batch, hits: list[Hit], kv_cache: Any, length: int, keep: int, numbered: bool, end: int = 0
+    ) -> tuple[torch.Tensor, list[dict[int, torch.Tensor]]]:
+        """Compute padded positions ``[length, end)`` (to the batch's end by default) on ``kv_cache``
+        in segments that end where snapshots are due (:mod:`.segments`); return the last
+        ``keep`` logits (0: all) and each row's snapshots, the end's included."""
+        end = end or batch.input_ids.shape[1]
+        points, wanted = segments.plan(batch, hits, length, end, self._cache.config.snapshot_interval)
+        for r, pad in enumerate(batch.pads):
+            wanted[r].add(end - pad)  # the end of the computed part
+        with self._turn:
+            logits, captured = segments.run(
+                self.model,
+                self._keywords,
+                self._layers,
+                batch,
+                kv_cache,
+                length,
+                end,
+                points,
+                lambda a, b: {k: v[:, : b - a] for k, v in self._positions.kwargs(batch, a, numbered).items()},
+                keep or end - length,
+                self._accepts_logits_to_keep,
+            )
+        return logits, segments.rows_of(batch, wanted, captured)
 
     @torch.no_grad()
     def generate(
@@ -386,13 +420,20 @@ class CachedModel:
                 return self.model.generate(batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
         run_kwargs, rng = kwargs, None
         with reuse(self._cache, batch, key, self._positions) as (hits, length):
-            kv_cache = prefix_cache(self._cache, self._builder, batch, hits, length)
+            kv_cache = prefix_cache(self._cache, self._builder, batch, hits, length, self._layers)
             early: PromptStore | None = None
+            width = batch.input_ids.shape[1]
             if self._regimes is not None and regime is not None:
                 prompt = self._regimes.prompt_first(batch, kv_cache, length, regime)
                 if prompt is not None:
                     self._store(batch, hits, prompt, regime=regime)
                     kv_cache = prompt
+            elif self._layers.kinds.states is not None:
+                # The prompt but its last token first, in segments that end where snapshots are due,
+                # and stored at once; generate computes the last token on top of it.
+                if width - 1 > length:
+                    _, snapshots = self._in_segments(batch, hits, kv_cache, length, 1, False, end=width - 1)
+                    self._store(batch, hits, kv_cache, snapshots=snapshots)
             else:
                 # The prompt is stored after generate's first step, not after its last: requests
                 # waiting for this one's claim need the prompt, not the reply.
@@ -436,6 +477,7 @@ class CachedModel:
         regime: Regime | None = None,
         *,
         prompt_only: bool = False,
+        snapshots: list[dict[int, torch.Tensor]] | None = None,
     ) -> None:
         """Insert every row's prompt, and the generated tokens whose KV was computed, below its hit.
 
@@ -450,10 +492,15 @@ class CachedModel:
         end-of-sequence token. With a ``regime``, a row is also cut where ``kv_cache``
         ends and where its tokens stop being computed in the regime.
         """
-        layers = cache_layers(kv_cache)
-        if layers is None:
-            return
-        positions = layers[0][0].shape[2]
+        window = None
+        if self._layers.plain:
+            layers = cache_layers(kv_cache)
+            if layers is None:
+                return
+            positions = layers[0][0].shape[2]
+        else:
+            parts = self._layers.parts(kv_cache)
+            layers, window, positions = parts.full, parts.window, self._layers.positions(kv_cache)
         width = batch.input_ids.shape[1]
         if prompt_only and positions != width:
             return
@@ -472,7 +519,19 @@ class CachedModel:
         row_ends = None  # without a regime every row's tokens have KV up to their end: no cut
         if self._regimes is not None and regime is not None:
             row_ends = self._regimes.row_ends(batch, regime, positions)
-        store_prompts(self._cache, batch, hits, layers, fed, eos, row_ends, self._positions)
+        elif positions < width:  # the prompt but its last token, computed before generate
+            row_ends = [positions - pad for pad in batch.pads]
+        if self._layers.kinds.states is not None and snapshots is None and fed is not None:
+            # The state the cache ends with is that after every token fed: a row's own only
+            # where it was not cut after an end-of-sequence token.
+            rows = self._layers.snapshot_rows(kv_cache)
+            fed_counts = [len(more) for more in fed]
+            snapshots = [
+                {len(row) + n: rows[r]} for r, (row, n) in enumerate(zip(batch.prompts, fed_counts, strict=True))
+            ]
+        store_prompts(
+            self._cache, batch, hits, layers, fed, eos, row_ends, self._positions, window, positions, snapshots
+        )
 
     def _eos_ids(self, kwargs: dict[str, Any]) -> np.ndarray | None:
         config = kwargs.get("generation_config") or self.model.generation_config

@@ -25,13 +25,16 @@ of one computation), which the split check allows for (see :mod:`.support`).
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from transformers import DynamicCache
 
 from .batch import Batch, position_ids
-from .kvcache import CacheKeywords, cache_layers, returned_cache
+
+if TYPE_CHECKING:
+    from .layers import ModelLayers
+from .kvcache import CacheKeywords, Parts, returned_cache
 
 __all__ = ["NATIVE_POSITIONS", "NOISE_CEILING", "Positions", "probe_positions"]
 
@@ -82,7 +85,13 @@ class Positions(NamedTuple):
 
 
 def probe_positions(
-    model: Any, ids: torch.Tensor, whole: torch.Tensor, takes_ids: bool, allowed: float, keywords: CacheKeywords
+    model: Any,
+    ids: torch.Tensor,
+    whole: torch.Tensor,
+    takes_ids: bool,
+    allowed: float,
+    keywords: CacheKeywords,
+    layers: ModelLayers,
 ) -> Positions:
     """Run ``ids`` (``[1, n]``, whose logits without position ids are ``whole``) numbered from
     0, left-padded, and left-padded in two parts on the model's own cache with zeros where
@@ -118,9 +127,15 @@ def probe_positions(
             **({"position_ids": numbered[:, :split]} if takes_ids else {}),
         )
         cache = returned_cache(first)
-        for keys, values in cache_layers(cache) or ():
+        parts = layers.parts(cache)
+        for keys, values in parts.full:
             keys[:, :, :_PAD] = 0  # the cache hands zeros where a row has padding
             values[:, :, :_PAD] = 0
+        for keys, values in parts.window:  # the last positions of the first ``split``
+            padding = _PAD - (split - keys.shape[2])
+            if padding > 0:
+                keys[:, :, :padding] = 0
+                values[:, :, :padding] = 0
         rest = model(
             input_ids=padded_ids[:, split:],
             attention_mask=mask,
@@ -132,7 +147,7 @@ def probe_positions(
     # KV of the real tokens is compared too (what a reused row carries into a batch).
     shifted = max(
         _difference(padded.logits[:, _PAD:], alone.logits) / _scale(alone.logits),
-        _kv_difference(returned_cache(padded), returned_cache(alone)),
+        _parts_difference(layers.parts(returned_cache(padded)), layers.parts(returned_cache(alone))),
     )
     masked = _difference(rest, padded.logits[:, split:]) / _scale(padded.logits)
     limit = max(allowed, NOISE_CEILING)
@@ -145,13 +160,18 @@ def _scale(t: torch.Tensor) -> float:
     return 1.0 + float(t.double().abs().max())
 
 
-def _kv_difference(padded: Any, alone: Any) -> float:
-    """The largest difference between the KV of the real tokens, relative to 1 + its largest value."""
-    worst = 0.0
-    for (pk, pv), (ak, av) in zip(cache_layers(padded) or (), cache_layers(alone) or (), strict=False):
-        for p, a in ((pk, ak), (pv, av)):
-            worst = max(worst, _difference(p[:, :, _PAD:], a) / _scale(a))
-    return worst
+def _parts_difference(padded: Parts, alone: Parts) -> float:
+    """The largest difference between what the real tokens left in the caches of a padded run and
+    of the prompt alone, relative to 1 + the largest value: KV, and recurrent state."""
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for pp, aa in zip(padded.full, alone.full, strict=True):
+        pairs.extend((p[:, :, _PAD:], a) for p, a in zip(pp, aa, strict=True))
+    for pp, aa in zip(padded.window, alone.window, strict=True):
+        for p, a in zip(pp, aa, strict=True):
+            kept = min(p.shape[2], a.shape[2])
+            pairs.append((p[:, :, p.shape[2] - kept :], a[:, :, a.shape[2] - kept :]))
+    pairs.extend(zip(padded.states, alone.states, strict=True))
+    return max((_difference(p, a) / _scale(a) for p, a in pairs), default=0.0)
 
 
 def _difference(a: torch.Tensor, b: torch.Tensor) -> float:

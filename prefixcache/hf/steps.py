@@ -26,6 +26,7 @@ from ..checks import TokenIds
 from ..kv.layout import LayerKV
 from .batch import Batch
 from .kvcache import CacheBuilder
+from .layers import ModelLayers
 from .positions import Positions
 
 __all__ = ["PromptStore", "prefix_cache", "reuse", "store_prompts"]
@@ -49,14 +50,39 @@ def reuse(
             if not positions.row_reusable(pad) or not padded:
                 most = 0
             hits.append(cache.match(row, namespace=namespace, max_length=most, claim=most > 0, wait=wait))
-        yield hits, min(pad + hit.length for pad, hit in zip(batch.pads, hits, strict=True))
+        yield hits, aligned_length(cache, batch, hits)
     finally:
         for hit in hits:
             hit.release()
 
 
-def prefix_cache(cache: PrefixCache, builder: CacheBuilder, batch: Batch, hits: list[Hit], length: int) -> Any:
-    """A DynamicCache holding positions [0, length) of every row: gathered KV, zeros for padding."""
+def aligned_length(cache: PrefixCache, batch: Batch, hits: list[Hit]) -> int:
+    """The longest cached length C all rows share: the smallest ``pad + hit.length``, lowered
+    until every row that has begun by C may be cut at its own ``C - pad`` (a row of a model
+    with recurrent layers has a snapshot only where one was taken)."""
+    length = min(pad + hit.length for pad, hit in zip(batch.pads, hits, strict=True))
+    if cache.kinds.plain or len(hits) == 1:
+        return length
+    servable = [cache.servable(hit) for hit in hits]
+    candidates = {0}
+    for pad, can in zip(batch.pads, servable, strict=True):
+        candidates.update(pad + p for p in can.points)
+        candidates.update(pad + p for p in (can.lo, can.hi) if can.lo <= can.hi)
+        candidates.add(pad)
+    for c in sorted((c for c in candidates if c <= length), reverse=True):
+        if all(c <= pad or c - pad in can for pad, can in zip(batch.pads, servable, strict=True)):
+            return c
+    return 0
+
+
+def prefix_cache(
+    cache: PrefixCache, builder: CacheBuilder, batch: Batch, hits: list[Hit], length: int, layers: ModelLayers
+) -> Any:
+    """A DynamicCache holding positions [0, length) of every row: gathered KV, zeros for padding;
+    for window layers their last ``span - 1`` positions, and the states after ``length``
+    (zeros for a row that has not begun: a fresh state)."""
+    if not layers.plain:
+        return _parts_cache(cache, batch, hits, length, layers)
     if length == 0:
         return builder.empty()
     pads = batch.pads
@@ -65,11 +91,16 @@ def prefix_cache(cache: PrefixCache, builder: CacheBuilder, batch: Batch, hits: 
         # (its first update concatenates them into a new tensor), and the hit keeps them
         # allocated until the request ends.
         return builder.filled(cache.gather(hits[0], length, copy=False))
+    return builder.filled(_full_rows(cache, batch, hits, length))
+
+
+def _full_rows(cache: PrefixCache, batch: Batch, hits: list[Hit], length: int) -> list[LayerKV]:
+    """Positions [0, length) of every row's full-attention KV, zeros for padding (copies)."""
+    pool, pads = cache.pool, batch.pads
     gathered = [
         cache.gather(hit, length - pad, copy=False) if length > pad else None
         for hit, pad in zip(hits, pads, strict=True)
     ]
-    pool = cache.pool
     layers = []
     for i, spec in enumerate(pool.layers):
         keys = torch.zeros(len(hits), spec.kv_heads, length, spec.key_dim, dtype=pool.dtype, device=pool.device)
@@ -79,7 +110,45 @@ def prefix_cache(cache: PrefixCache, builder: CacheBuilder, batch: Batch, hits: 
                 keys[r, :, pads[r] :] = kv[i][0][0]
                 values[r, :, pads[r] :] = kv[i][1][0]
         layers.append((keys, values))
-    return builder.filled(layers)
+    return layers
+
+
+def _parts_cache(cache: PrefixCache, batch: Batch, hits: list[Hit], length: int, layers: ModelLayers) -> Any:
+    #  padded positions of row r:  [0, pad[r]) padding | [pad[r], length) its cached tokens
+    #  window layers get          [length - n, length), n = min(length, span - 1), zeros before pad[r]
+    full = _full_rows(cache, batch, hits, length)
+    kinds, pads = cache.kinds, batch.pads
+    window = []
+    if kinds.window:
+        n = min(length, kinds.need)
+        rows = [
+            cache.gather_window(hit, length - pad) if length > pad else None
+            for hit, pad in zip(hits, pads, strict=True)
+        ]
+        window_pool = cache.window_pool
+        assert window_pool is not None
+        for i, spec in enumerate(kinds.window):
+            dtype, device = window_pool.dtype, window_pool.device
+            keys = torch.zeros(len(hits), spec.kv_heads, n, spec.key_dim, dtype=dtype, device=device)
+            values = torch.zeros(len(hits), spec.kv_heads, n, spec.value_dim, dtype=dtype, device=device)
+            for r, kv in enumerate(rows):
+                if kv is not None and kv[i][0].shape[2]:
+                    held = kv[i][0].shape[2]
+                    keys[r, :, n - held :] = kv[i][0][0]
+                    values[r, :, n - held :] = kv[i][1][0]
+            window.append((keys, values))
+    states: list[torch.Tensor] = []
+    layout = kinds.states
+    if layout is not None:
+        snapshot_pool = cache.snapshot_pool
+        assert snapshot_pool is not None
+        rows_of = torch.zeros(len(hits), layout.width, dtype=layout.dtype, device=snapshot_pool.device)
+        for r, (hit, pad) in enumerate(zip(hits, pads, strict=True)):
+            row = cache.snapshot(hit, length - pad) if length > pad else None
+            if row is not None:
+                rows_of[r] = row
+        states = layout.split(rows_of)
+    return layers.filled(full, window, states, length)
 
 
 def store_prompts(
@@ -91,11 +160,17 @@ def store_prompts(
     eos: np.ndarray | None,
     row_ends: Sequence[int] | None,
     positions: Positions,
+    window: Sequence[LayerKV] | None = None,
+    width: int = 0,
+    snapshots: Sequence[dict[int, torch.Tensor]] | None = None,
 ) -> None:
     """Insert each prompt and its ``fed`` generated tokens (those whose KV is in
     ``layers``) below the row's hit: a row is cut after its first end-of-sequence token
     (what follows is padding fed to the model) and at ``row_ends[r]`` when given; a padded
-    row of a model whose positions count the padding is not stored."""
+    row of a model whose positions count the padding is not stored. ``window`` holds the
+    window layers' KV of the last padded positions of the ``width`` the cache spans;
+    ``snapshots[r]`` maps a token count of row ``r`` to its snapshot row there."""
+    window_skip = width - window[0][0].shape[2] if window else 0
     for r, (row, hit) in enumerate(zip(batch.prompts, hits, strict=True)):
         if not positions.row_reusable(batch.pads[r]):
             continue
@@ -109,7 +184,19 @@ def store_prompts(
             tokens.frombytes(more.astype(np.int32).tobytes())
         if row_ends is not None and row_ends[r] < len(tokens):
             tokens = TokenIds("i", tokens[: max(row_ends[r], hit.length)])
-        cache.insert(tokens, layers, offset=batch.pads[r], row=r, hit=hit)
+        if window is None and snapshots is None:
+            cache.insert(tokens, layers, offset=batch.pads[r], row=r, hit=hit)
+            continue
+        cache.insert(
+            tokens,
+            layers,
+            offset=batch.pads[r],
+            row=r,
+            hit=hit,
+            window=window,
+            window_offset=batch.pads[r] - window_skip,
+            snapshots={n: rows for n, rows in (snapshots[r] if snapshots else {}).items() if n <= len(tokens)},
+        )
 
 
 class PromptStore(StoppingCriteria):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -22,10 +23,10 @@ from transformers import DynamicCache
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from ..errors import UnsupportedModelError
-from ..kv.layout import LayerSpec
 from ..rope import RopeKind, RopeRule, classify, probe_pairs, probe_thresholds
-from .kvcache import CacheKeywords, cache_layers, returned_cache
-from .positions import Positions, probe_positions
+from .kvcache import CacheKeywords, returned_cache
+from .layers import ModelLayers
+from .positions import NOISE_CEILING, Positions, probe_positions
 
 __all__ = ["SPLIT_TOLERANCE", "Probed", "input_device", "probe", "refuse_by_config", "rope_rule", "vocab_size"]
 
@@ -33,28 +34,12 @@ logger = logging.getLogger("prefixcache")
 
 
 def refuse_by_config(config: Any) -> None:
-    """Refuse, from the config alone, models whose KV is not a function of the tokens before it."""
+    """Refuse, from the config alone, models whose KV is not a function of the tokens before it.
+    (What each layer keeps is read from the model's cache: :mod:`.layers`.)"""
     name = getattr(config, "model_type", type(config).__name__)
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModelError(f"model type {name!r}: encoder-decoder models are not supported")
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    layer_types = getattr(text, "layer_types", None)
-    if layer_types is not None:
-        odd = sorted({t for t in layer_types if t != "full_attention"})
-        if odd:
-            raise UnsupportedModelError(
-                f"model type {name!r}: layers of type {odd} (only full causal attention in every layer can "
-                "reuse a cached prefix exactly)"
-            )
-    else:
-        window = getattr(text, "sliding_window", None)
-        if window is not None and getattr(text, "use_sliding_window", True):
-            raise UnsupportedModelError(
-                f"model type {name!r}: sliding-window attention (sliding_window={window}) makes a token's "
-                "KV and outputs depend on how far back it may look"
-            )
-        if getattr(text, "attention_chunk_size", None) is not None:
-            raise UnsupportedModelError(f"model type {name!r}: chunked attention is not supported")
     if getattr(text, "keep_window_size", None) is not None:
         raise UnsupportedModelError(
             f"model type {name!r}: its dynamic-mask attention keeps the top keep_window_size="
@@ -92,8 +77,8 @@ def _rotary_module_types(model: Any) -> set[str]:
 class Probed(NamedTuple):
     """What :func:`probe` read of a model."""
 
-    specs: list[LayerSpec]
-    """Each layer's KV shape for one token."""
+    layers: ModelLayers
+    """What each layer keeps, by kind (see :mod:`.layers`)."""
     dtype: torch.dtype
     device: torch.device
     positions: Positions
@@ -120,29 +105,31 @@ def probe(model: Any, *, check: bool, rope: RopeRule) -> Probed:
                 f"model type {name!r}: a forward pass with a DynamicCache failed ({type(err).__name__}: {err})"
             ) from err
         returned = returned_cache(whole)
-        layers = cache_layers(returned, strict=True)
-        if layers is None:
+        if not isinstance(returned, DynamicCache):
             raise UnsupportedModelError(
-                f"model type {name!r}: its cache after a forward pass is {type(returned).__name__}, "
-                "not a plain per-layer key/value DynamicCache"
+                f"model type {name!r}: its cache after a forward pass is {type(returned).__name__}, not a DynamicCache"
             )
-        specs = []
-        for i, (keys, values) in enumerate(layers):
-            if keys.dim() != 4 or keys.shape[2] != n or values.shape[2] != n or keys.shape[1] != values.shape[1]:
-                raise UnsupportedModelError(
-                    f"model type {name!r}: layer {i} keeps keys {list(keys.shape)} and values "
-                    f"{list(values.shape)} for {n} tokens, not [1, kv_heads, {n}, head_dim]"
-                )
-            specs.append(LayerSpec(int(keys.shape[1]), int(keys.shape[3]), int(values.shape[3])))
-        dtype, kv_device = layers[0][0].dtype, layers[0][0].device
-        if any(k.device != kv_device or k.dtype != dtype for k, _ in layers):
+        layers = ModelLayers.read(model, returned, n, name)
+        kv = layers.kv_tensors(returned)
+        states = layers.parts(returned).states
+        dtype = kv[0].dtype if kv else whole.logits.dtype
+        kv_device = (kv or states)[0].device
+        if any(t.device != kv_device or t.dtype != dtype for t in kv) or any(t.device != kv_device for t in states):
             raise UnsupportedModelError(
                 f"model type {name!r}: its layers keep KV on several devices or dtypes; put the model on one device"
             )
         takes_ids = "position_ids" in inspect.signature(model.forward).parameters
         tolerance = SPLIT_TOLERANCE.get(whole.logits.dtype, 5e-2)
         try:
-            positions = probe_positions(model, ids, whole.logits, takes_ids, tolerance, keywords)
+            if check:
+                # Before the rest: a model whose own cache cannot continue a prompt is refused for
+                # that, unless the difference is within the model's own noise (measured only then).
+                def noise() -> float:
+                    return probe_positions(model, ids, whole.logits, takes_ids, tolerance, keywords, layers).noise
+
+                _within_noise(lambda level: _check_split_run(model, ids, whole.logits, name, level), noise)
+                _within_noise(lambda level: _check_past_windows(model, layers, name, level), noise)
+            positions = probe_positions(model, ids, whole.logits, takes_ids, tolerance, keywords, layers)
             if check:
                 _check_thresholds(model, rope, name, positions.noise)
                 _check_generate(model, ids, name, positions.noise, keywords)
@@ -155,7 +142,7 @@ def probe(model: Any, *, check: bool, rope: RopeRule) -> Probed:
                 f"model type {name!r}: running a prompt in parts, numbered or padded as the cache would, "
                 f"failed ({type(err).__name__}: {err})"
             ) from err
-    return Probed(specs, dtype, kv_device, positions)
+    return Probed(layers, dtype, kv_device, positions)
 
 
 SPLIT_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3}
@@ -167,10 +154,17 @@ logit's magnitude), by dtype; 5e-2 for any other."""
 _PROBE_MAX_TOKENS = 4160
 
 
+FLOAT32_PARTS = 1e-7
+"""What a float64 model's own cache may differ by from a whole run when it computes parts in
+float32 (MoE routers, soft-capping, recurrent states): float32 rounding, 2**-24 relative."""
+
+
 def _allowed(dtype: torch.dtype, noise: float) -> float:
-    """The difference taken as rounding, relative to 1 + the largest logit: the dtype's, or
-    more where the model's own noise is larger (a float64 model with float32 parts)."""
-    return max(SPLIT_TOLERANCE.get(dtype, 5e-2), 16 * noise)
+    """The difference between a model's own cached and whole runs taken as rounding, relative to
+    1 + the largest logit: the dtype's (float32 rounding in a float64 model, which may compute
+    parts in float32), or more where the model's measured noise is larger."""
+    floor = FLOAT32_PARTS if dtype == torch.float64 else SPLIT_TOLERANCE.get(dtype, 5e-2)
+    return max(floor, 16 * min(noise, NOISE_CEILING))
 
 
 def _split_difference(
@@ -200,6 +194,41 @@ def _check_split_run(model: Any, ids: torch.Tensor, whole_logits: torch.Tensor, 
             f"by {diff:.3g} (allowed {allowed:.3g}); its KV must depend on more than the tokens "
             "before each position"
         )
+
+
+def _within_noise(check: Callable[[float], None], noise: Callable[[], float]) -> None:
+    """``check(0.0)``; where that refuses, ``check(noise())`` decides (a failure to measure the
+    noise leaves the first refusal standing)."""
+    try:
+        check(0.0)
+    except UnsupportedModelError as strict:
+        try:
+            level = noise()
+        except Exception:
+            raise strict from None
+        check(level)
+
+
+def _check_past_windows(model: Any, layers: ModelLayers, name: str, noise: float) -> None:
+    """A model with sliding-window or chunked layers must continue on its own cache a prompt
+    longer than its windows as it computes it whole (Moshi's does not); windows too long to
+    probe here are left to ``verify=``."""
+    span = layers.kinds.span
+    if not layers.kinds.window or span < 2:
+        return
+    n = 2 * span + 3
+    if n > _PROBE_MAX_TOKENS:
+        logger.info("prefixcache: model type %r: prompts past its %d-token windows are not probed", name, span)
+        return
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, vocab_size(model), (1, n), generator=generator).to(input_device(model))
+    for split in (span + 1, n - 2):
+        diff, allowed = _split_difference(model, ids, split, noise)
+        if not diff <= allowed:
+            raise UnsupportedModelError(
+                f"model type {name!r}: past its {span}-token attention windows, logits computed on its own cache "
+                f"differ from those of the whole prompt by {diff:.3g} (allowed {allowed:.3g})"
+            )
 
 
 def _check_generate(model: Any, ids: torch.Tensor, name: str, noise: float, keywords: CacheKeywords) -> None:

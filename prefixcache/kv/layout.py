@@ -41,7 +41,8 @@ class KVLayout:
     """Where each layer's K and V sit in a row of ``width`` elements.
 
     Raises ``TypeError``/``ValueError`` naming ``layers`` (or ``layers[i]``) for
-    anything but a non-empty sequence of three positive ints each.
+    anything but a non-empty sequence of three positive ints each (``empty=True``
+    allows none: a model whose layers keep no KV of this kind, rows of width 0).
 
     >>> layout = KVLayout([(2, 4, 4), (1, 8, 8)])
     >>> layout.width, layout.blocks
@@ -50,8 +51,8 @@ class KVLayout:
 
     __slots__ = ("blocks", "layers", "uniform", "width")
 
-    def __init__(self, layers: object) -> None:
-        self.layers: tuple[LayerSpec, ...] = _layer_specs(layers)
+    def __init__(self, layers: object, *, empty: bool = False) -> None:
+        self.layers: tuple[LayerSpec, ...] = _layer_specs(layers, empty)
         blocks = []
         col = 0
         for spec in self.layers:
@@ -62,9 +63,9 @@ class KVLayout:
         self.blocks: tuple[tuple[int, int, int], ...] = tuple(blocks)
         """Per layer (first K column, first V column, end of V)."""
         self.width = col
-        """Elements in a row."""
-        first = self.layers[0]
-        self.uniform = all(s == first for s in self.layers) and first.key_dim == first.value_dim
+        """Elements in a row (0 for a model whose layers keep no KV per token of this kind)."""
+        first = self.layers[0] if self.layers else None
+        self.uniform = first is not None and all(s == first for s in self.layers) and first.key_dim == first.value_dim
         """Every layer's K and V have one shape: a row is ``[2 * layers, kv_heads, head_dim]``."""
 
     def __eq__(self, other: object) -> bool:
@@ -115,13 +116,14 @@ class KVLayout:
             out[:, v0:end].view(n, spec.kv_heads, spec.value_dim).copy_(values.transpose(0, 1))
 
 
-def _layer_specs(layers: object) -> tuple[LayerSpec, ...]:
-    """``layers`` as LayerSpecs, each three positive ints, or a clear error naming the bad one."""
+def _layer_specs(layers: object, empty: bool = False) -> tuple[LayerSpec, ...]:
+    """``layers`` as LayerSpecs, each three positive ints, or a clear error naming the bad one;
+    none only with ``empty``."""
     if isinstance(layers, KVLayout):
         return layers.layers
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
         raise TypeError(f"layers: expected a sequence of (kv_heads, key_dim, value_dim), got {layers!r}")
-    if not layers:
+    if not layers and not empty:
         raise ValueError("layers: expected at least one LayerSpec, got none")
     specs = []
     for i, spec in enumerate(layers):

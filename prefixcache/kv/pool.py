@@ -26,7 +26,11 @@ from ..errors import PoolExhaustedError
 from .int8 import Int8Codec
 from .layout import KVLayout, LayerKV, LayerSpec
 
-__all__ = ["KVPool", "run_start"]
+__all__ = ["TOKEN_BOOKKEEPING", "KVPool", "run_start"]
+
+TOKEN_BOOKKEEPING = 16
+"""Bytes a token costs a pool whose rows are empty (a model with no layer of its kind): its
+id and slot in the tree, so that such a pool still bounds the tokens the tree holds."""
 
 
 def _as_device(device: object) -> torch.device:
@@ -79,14 +83,17 @@ class KVPool:
         self.pin_memory = bool(pin_memory) and self.device.type == "cpu" and torch.cuda.is_available()
         self.width = self.layout.width
         self.bytes_per_token = codec.columns if codec is not None else self.width * dtype.itemsize
+        self.bytes_per_slot = self.bytes_per_token or TOKEN_BOOKKEEPING
+        """What a slot costs against the budget: its KV, or for rows of width 0 (layers that
+        keep no KV of this kind) the tree's own bookkeeping of a token."""
         self.name = name
         """The option the budget came from, named in errors (``budget``, ``host_budget``)."""
         self.budget = parse_budget(budget, name)
-        capacity = self.budget // self.bytes_per_token
+        capacity = self.budget // self.bytes_per_slot
         if capacity < 1:
             raise ValueError(
                 f"{name}: {budget!r} ({self.budget} bytes) is smaller than one token of KV "
-                f"({self.bytes_per_token} bytes); give at least {self.bytes_per_token} bytes"
+                f"({self.bytes_per_slot} bytes); give at least {self.bytes_per_slot} bytes"
             )
         self._set_table(self._new_table(capacity, budget))
         self._free = array("q", range(capacity - 1, -1, -1))  # a stack: alloc pops from the end
@@ -137,11 +144,11 @@ class KVPool:
     @property
     def reserved_bytes(self) -> int:
         """Bytes the table takes on its device (never above the budget)."""
-        return self.capacity * self.bytes_per_token
+        return self.capacity * self.bytes_per_slot
 
     def capacity_for(self, budget: int | str, name: str = "budget") -> int:
         """How many tokens a pool of this shape holds within ``budget``."""
-        return parse_budget(budget, name) // self.bytes_per_token
+        return parse_budget(budget, name) // self.bytes_per_slot
 
     # -- slots --------------------------------------------------------------
 

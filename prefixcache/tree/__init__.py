@@ -13,6 +13,9 @@ from .node import (
     as_run,
     common_length,
     namespace_key,
+    path_length,
+    window_slots,
+    window_starts,
 )
 from .order import EvictionOrder, is_candidate
 from .radix import ALL, RadixTree
@@ -34,4 +37,7 @@ __all__ = [
     "common_length",
     "is_candidate",
     "namespace_key",
+    "path_length",
+    "window_slots",
+    "window_starts",
 ]

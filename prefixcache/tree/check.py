@@ -35,6 +35,8 @@ def check_tree(tree: RadixTree) -> None:
     tier_size = [0, 0]
     candidates_seen: tuple[set[int], set[int]] = (set(), set())
     seen_slots: tuple[set[int], set[int]] = (set(), set())
+    seen_window: set[int] = set()
+    seen_snapshots: set[int] = set()
     for root in tree.roots():
         ns = root.namespace
         assert isinstance(root, Root) and root.parent is None
@@ -59,6 +61,14 @@ def check_tree(tree: RadixTree) -> None:
             for slot in node.slots:
                 assert slot not in seen, f"slot {slot} is owned by two nodes"
                 seen.add(slot)
+            assert len(node.wslots) <= len(node.key), f"{node!r}: more window rows than tokens"
+            assert not (node.wslots or node.snap >= 0) or node.tier == DEVICE, f"{node!r}: window or state on host"
+            for slot in node.wslots:
+                assert slot not in seen_window, f"window slot {slot} is owned by two nodes"
+                seen_window.add(slot)
+            if node.snap >= 0:
+                assert node.snap not in seen_snapshots, f"snapshot slot {node.snap} is owned by two nodes"
+                seen_snapshots.add(node.snap)
             size += len(node.key)
             tier_size[node.tier] += len(node.key)
             child_pins = sum(child.pins for child in node.children.values())

@@ -16,6 +16,7 @@ __all__ = [
     "HOST",
     "EvictResult",
     "InsertResult",
+    "NO_SLOTS",
     "MatchResult",
     "Node",
     "Retired",
@@ -28,9 +29,14 @@ __all__ = [
     "path_length",
     "path_slots",
     "path_tokens",
+    "window_slots",
+    "window_starts",
 ]
 
 Run = array  # array('i') of token ids
+
+NO_SLOTS = array("q")
+"""The ``wslots`` of a node that holds none: shared, never changed in place (replaced)."""
 
 
 class Tier(IntEnum):
@@ -64,9 +70,14 @@ class Node:
     a node with pins is never evicted nor moved to the host. ``tick`` is the tree's
     clock at the last access. ``device_children`` counts the children whose KV is on
     the device.
+
+    For a model with sliding-window or chunked layers, ``wslots`` are the window pool's
+    slots of the edge's last ``len(wslots)`` tokens (at most a window's worth: older
+    rows serve no hit at the node's end); for one with recurrent layers, ``snap`` is the snapshot pool's
+    slot of the state after the edge's last token, or -1. Both stay on the device.
     """
 
-    __slots__ = ("children", "device_children", "key", "parent", "pins", "slots", "tick", "tier")
+    __slots__ = ("children", "device_children", "key", "parent", "pins", "slots", "snap", "tick", "tier", "wslots")
 
     def __init__(self, key: Run, slots: array, parent: Node | None, tick: int, tier: Tier = DEVICE) -> None:
         self.key = key
@@ -77,6 +88,8 @@ class Node:
         self.tick = tick
         self.tier = tier
         self.device_children = 0
+        self.wslots = NO_SLOTS
+        self.snap = -1
 
     def __repr__(self) -> str:
         head = ", ".join(map(str, self.key[:4])) + (", ..." if len(self.key) > 4 else "")
@@ -167,6 +180,10 @@ class EvictResult(NamedTuple):
     """Their host pool slots, likewise."""
     moved: int = 0
     """Device tokens that moved to the host tier instead (see ``RadixTree.evict``'s ``demote``)."""
+    window_slots: array = array("q")
+    """Their window pool slots (read only: a fresh array for every result that has any)."""
+    snapshots: array = array("q")
+    """Their snapshot pool slots, likewise."""
 
 
 # -- a node's path ----------------------------------------------------------------------
@@ -198,6 +215,43 @@ def path_slots(node: Node | None) -> array:
     parts: list[array] = []
     while node is not None and node.parent is not None:
         parts.append(node.slots)
+        node = node.parent
+    return array("q", b"".join(reversed(parts)))
+
+
+def window_starts(node: Node | None) -> list[tuple[Node, int, int]]:
+    """For ``node`` and each ancestor, root side first: ``(node, end, start)``, where ``end`` is
+    the path's length at the node's end and ``start`` the first position from which window
+    rows lie without a gap up to ``end``. O(depth)."""
+    chain: list[Node] = []
+    while node is not None and node.parent is not None:
+        chain.append(node)
+        node = node.parent
+    out: list[tuple[Node, int, int]] = []
+    end = start = 0
+    for cur in reversed(chain):
+        end += len(cur.key)
+        held = len(cur.wslots)
+        start = start if held == len(cur.key) else end - held
+        out.append((cur, end, start))
+    return out
+
+
+def window_slots(node: Node | None, end: int, n: int) -> array:
+    """The window slots of positions ``[end - n, end)`` of ``node``'s path (``end`` at most its
+    length). Raises ``ValueError`` where one is missing. O(depth + n)."""
+    parts: list[array] = []
+    stop = path_length(node)
+    want_from = end - n
+    while node is not None and node.parent is not None and want_from < stop:
+        begin = stop - len(node.key)
+        held_from = stop - len(node.wslots)
+        lo, hi = max(want_from, begin), min(end, stop)
+        if lo < hi:
+            if lo < held_from:
+                raise ValueError(f"window rows of positions [{lo}, {held_from}) are not held")
+            parts.append(node.wslots[lo - held_from : hi - held_from])
+        stop = begin
         node = node.parent
     return array("q", b"".join(reversed(parts)))
 

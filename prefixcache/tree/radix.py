@@ -30,6 +30,7 @@ from .check import check_tree
 from .node import (
     DEVICE,
     HOST,
+    NO_SLOTS,
     EvictResult,
     InsertResult,
     MatchResult,
@@ -315,6 +316,10 @@ class RadixTree:
         upper.pins = child.pins  # every pin through the lower half runs through the upper one
         upper.device_children = 1 if child.tier == DEVICE else 0
         parent.children[child.key[0]] = upper
+        held_from = len(child.key) - len(child.wslots)  # the window rows are the edge's last ones
+        if held_from < at:
+            upper.wslots = child.wslots[: at - held_from]
+            child.wslots = child.wslots[at - held_from :]
         child.key = child.key[at:]
         child.slots = child.slots[at:]
         child.parent = upper
@@ -400,7 +405,7 @@ class RadixTree:
         if n_tokens < 0:
             raise ValueError(f"n_tokens: expected an int >= 0, got {n_tokens!r}")
         freed = total = moved = 0
-        slots, host_slots = array("q"), array("q")
+        slots, host_slots, window, snapshots = array("q"), array("q"), array("q"), array("q")
         candidates = self._order.of(tier)
         while freed < n_tokens and candidates:
             victim = candidates[0]
@@ -414,8 +419,10 @@ class RadixTree:
             total += out.n_tokens
             slots += out.slots
             host_slots += out.host_slots
+            window += out.window_slots
+            snapshots += out.snapshots
             freed += len(out.slots) if tier == DEVICE else len(out.host_slots)
-        return EvictResult(total, slots, host_slots, moved)
+        return EvictResult(total, slots, host_slots, moved, window, snapshots)
 
     def drop(self, node: Node) -> EvictResult:
         """Remove ``node`` and everything below it (all unpinned). O(k log n) for k nodes."""
@@ -427,14 +434,19 @@ class RadixTree:
         if not node.children:  # the common case: an unpinned leaf, listed as a candidate
             lists[node.tier].remove(node)
             slots, host_slots = (node.slots, array("q")) if node.tier == DEVICE else (array("q"), node.slots)
+            window = node.wslots
+            snapshots = array("q", [node.snap]) if node.snap >= 0 else NO_SLOTS
             self._tier_size[node.tier] -= len(node.key)
             self._n_nodes -= 1
         else:
-            slots, host_slots = array("q"), array("q")
+            slots, host_slots, window, snapshots = array("q"), array("q"), array("q"), array("q")
             for sub in self._subtree(node):
                 if is_candidate(sub):
                     lists[sub.tier].remove(sub)
                 (slots if sub.tier == DEVICE else host_slots).extend(sub.slots)
+                window.extend(sub.wslots)
+                if sub.snap >= 0:
+                    snapshots.append(sub.snap)
                 self._tier_size[sub.tier] -= len(sub.key)
                 self._n_nodes -= 1
         del parent.children[node.key[0]]
@@ -447,7 +459,7 @@ class RadixTree:
                 del self._roots[parent.lookup]
         elif not parent_listed and is_candidate(parent):
             lists[parent.tier].add(parent)
-        return EvictResult(n, slots, host_slots)
+        return EvictResult(n, slots, host_slots, 0, window, snapshots)
 
     def move(self, node: Node, tier: Tier, slots: array) -> None:
         """Record that ``node``'s KV now lives in ``tier`` at ``slots``; the old slots are the caller's.
@@ -477,6 +489,18 @@ class RadixTree:
         for node in self.iter_nodes():
             if node.tier == tier:
                 node.slots = array("q", map(table.__getitem__, node.slots))
+
+    def relabel_window(self, table: Sequence[int]) -> None:
+        """Replace every window slot ``s`` with ``table[s]``. O(nodes + window rows)."""
+        for node in self.iter_nodes():
+            if node.wslots:
+                node.wslots = array("q", map(table.__getitem__, node.wslots))
+
+    def relabel_snapshots(self, table: Sequence[int]) -> None:
+        """Replace every snapshot slot ``s`` with ``table[s]``. O(nodes)."""
+        for node in self.iter_nodes():
+            if node.snap >= 0:
+                node.snap = table[node.snap]
 
     def retire_roots(self) -> None:
         """Set every namespace's root aside: no lookup finds its nodes any more, while what
