@@ -24,6 +24,7 @@ __all__ = [
     "pass_through_reason",
     "position_ids",
     "read_batch",
+    "sequences_per_prompt",
     "read_prompts",
 ]
 
@@ -33,10 +34,17 @@ PASS_THROUGH_OPTIONS = {
     "inputs_embeds": "the prompt is given as embeddings, not token ids",
     "assistant_model": "assisted decoding runs a second model",
     "prompt_lookup_num_tokens": "prompt lookup decoding",
+    "assistant_early_exit": "assisted decoding by early exit",
     "output_attentions": "attentions of cached prompt positions would be missing",
     "output_hidden_states": "hidden states of cached prompt positions would be missing",
     "cache_implementation": "a cache class other than DynamicCache was asked for",
+    "custom_generate": "a decoding loop of the caller's or from the Hub, whose use of a cache is not known",
+    "dola_layers": "DoLa decoding, a decoding loop from the Hub",
+    "force_words_ids": "constrained beam search, a decoding loop from the Hub",
+    "constraints": "constrained beam search, a decoding loop from the Hub",
 }
+"""generate() options under which the cache steps aside (contrastive search and group beam
+search, which transformers moved to the Hub, are named by :func:`pass_through_reason`)."""
 
 
 @dataclass(frozen=True)
@@ -208,16 +216,28 @@ def pass_through_reason(model: Any, kwargs: dict[str, Any]) -> str | None:
     config = kwargs.get("generation_config") or model.generation_config
     if kwargs.get("use_cache", getattr(config, "use_cache", True)) is False:
         return "use_cache=False"
-    for name in ("num_beams", "num_return_sequences"):
-        value = kwargs.get(name, getattr(config, name, 1))
-        if value is not None and value != 1:
-            return f"{name}={value}: several sequences share one prompt's cache"
+    groups = kwargs.get("num_beam_groups", getattr(config, "num_beam_groups", None))
+    if groups is not None and groups > 1:
+        return f"num_beam_groups={groups}: group beam search, a decoding loop from the Hub"
+    alpha = kwargs.get("penalty_alpha", getattr(config, "penalty_alpha", None))
+    if alpha is not None and alpha > 0 and not kwargs.get("do_sample", getattr(config, "do_sample", False)):
+        return f"penalty_alpha={alpha}: contrastive search, a decoding loop from the Hub"
     for name in ("output_attentions", "output_hidden_states"):
         if getattr(config, name, False) and name not in kwargs:
             return f"generation_config.{name}: {PASS_THROUGH_OPTIONS[name]}"
     if model.training:
         return "the model is in training mode (dropout would differ)"
     return None
+
+
+def sequences_per_prompt(model: Any, kwargs: dict[str, Any]) -> tuple[int, bool]:
+    """How many rows ``generate(**kwargs)`` runs per prompt (``num_beams`` or
+    ``num_return_sequences``, the larger), and whether they are beams (reordered as they
+    move, so that a row of the cache at the end is not a returned sequence)."""
+    config = kwargs.get("generation_config") or model.generation_config
+    beams = int(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1)
+    returned = int(kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1)
+    return max(beams, returned), beams > 1
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:

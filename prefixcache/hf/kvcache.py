@@ -29,6 +29,7 @@ __all__ = [
     "cache_from_kv",
     "cache_layers",
     "empty_cache",
+    "expand_rows",
     "fill_parts",
     "kv_of",
     "layer_roles",
@@ -316,4 +317,27 @@ def fill_parts(cache: Any, roles: list[Role], parts: Parts, length: int, specs: 
             layer.keys, layer.values = keys, values
             layer.cumulative_length = length
             layer.record_past = True
+    return cache
+
+
+def expand_rows(cache: Any, n: int) -> Any:
+    """``cache`` with each batch row repeated ``n`` times, in place (row ``r`` becomes rows
+    ``r * n`` to ``r * n + n - 1``), as generate expands its inputs for several sequences per
+    prompt. The KV of a one-row cache becomes a view (the model's first update concatenates
+    it into a new tensor: no copy of ours); states, which the model writes into, are copied."""
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, torch.Tensor) and keys.dim() == 4:
+            if keys.shape[0] == 1:
+                layer.keys = keys.expand(n, -1, -1, -1)
+                layer.values = layer.values.expand(n, -1, -1, -1)
+            else:
+                layer.keys = keys.repeat_interleave(n, dim=0)
+                layer.values = layer.values.repeat_interleave(n, dim=0)
+        for held in (getattr(layer, "conv_states", None), getattr(layer, "recurrent_states", None)):
+            if held is None:
+                continue
+            for state, tensor in held.items():
+                if tensor is not None:
+                    held[state] = tensor.repeat_interleave(n, dim=0)
     return cache

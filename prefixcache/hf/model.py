@@ -33,8 +33,8 @@ from ..config import UNSET, CacheConfig, Unset
 from ..persist import model_fingerprint
 from ..rope import Regime
 from . import segments
-from .batch import Batch, check_ids, pass_through_reason, read_batch, read_prompts
-from .kvcache import CALLER_CACHE_KEYWORDS, CacheBuilder, CacheKeywords, cache_layers, returned_cache
+from .batch import Batch, check_ids, pass_through_reason, read_batch, read_prompts, sequences_per_prompt
+from .kvcache import CALLER_CACHE_KEYWORDS, CacheBuilder, CacheKeywords, cache_layers, expand_rows, returned_cache
 from .positions import NATIVE_POSITIONS
 from .regime import NO_TURN, Regimes
 from .steps import PromptStore, prefix_cache, reuse, store_prompts
@@ -419,6 +419,7 @@ class CachedModel:
             with self._turn:
                 return self.model.generate(batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
         run_kwargs, rng = kwargs, None
+        expand, beams = sequences_per_prompt(self.model, kwargs)
         with reuse(self._cache, batch, key, self._positions) as (hits, length):
             kv_cache = prefix_cache(self._cache, self._builder, batch, hits, length, self._layers)
             early: PromptStore | None = None
@@ -437,7 +438,9 @@ class CachedModel:
             else:
                 # The prompt is stored after generate's first step, not after its last: requests
                 # waiting for this one's claim need the prompt, not the reply.
-                early = PromptStore(lambda: self._store(batch, hits, kv_cache, prompt_only=True))
+                early = PromptStore(lambda: self._store(batch, hits, kv_cache, prompt_only=True, expand=expand))
+            if expand > 1:  # generate runs each prompt's rows on one copy of its prefix
+                kv_cache = expand_rows(kv_cache, expand)
             if length and self._verifier is not None and self._verifier.draw():
                 rng, run_kwargs = rng_state(self._device), with_step_logits(kwargs)
             with self._turn:
@@ -449,8 +452,10 @@ class CachedModel:
                 )
             sequences = out if isinstance(out, torch.Tensor) else out.sequences
             generated = sequences[:, batch.input_ids.shape[1] :]
-            if early is None or not early.done or generated.shape[1] > 1:
-                self._store(batch, hits, kv_cache, generated, kwargs, regime)
+            if beams:  # rows were reordered as beams moved: only the prompt (stored above) is known
+                pass
+            elif early is None or not early.done or generated.shape[1] > 1:
+                self._store(batch, hits, kv_cache, generated, kwargs, regime, expand=expand)
         if rng is not None and self._verifier is not None:  # outside the pins
             out = self._verifier.generate(batch, out, kwargs, rng, namespace, length)
         return out
@@ -478,11 +483,14 @@ class CachedModel:
         *,
         prompt_only: bool = False,
         snapshots: list[dict[int, torch.Tensor]] | None = None,
+        expand: int = 1,
     ) -> None:
         """Insert every row's prompt, and the generated tokens whose KV was computed, below its hit.
 
         ``prompt_only``: called after generate's first step, when ``kv_cache`` should hold
-        the prompt alone; it stores nothing if it holds anything else.
+        the prompt alone; it stores nothing if it holds anything else. ``expand``: the cache
+        holds that many rows per prompt (several sequences per prompt), each its own branch
+        below the prompt.
 
         The last generated token was never fed back, so it has no KV: a ``generate`` that
         kept the cache it was handed to the end leaves exactly the prompt and every other
@@ -525,12 +533,9 @@ class CachedModel:
             # The state the cache ends with is that after every token fed: a row's own only
             # where it was not cut after an end-of-sequence token.
             rows = self._layers.snapshot_rows(kv_cache)
-            fed_counts = [len(more) for more in fed]
-            snapshots = [
-                {len(row) + n: rows[r]} for r, (row, n) in enumerate(zip(batch.prompts, fed_counts, strict=True))
-            ]
+            snapshots = [{len(batch.prompts[k // expand]) + len(more): rows[k]} for k, more in enumerate(fed)]
         store_prompts(
-            self._cache, batch, hits, layers, fed, eos, row_ends, self._positions, window, positions, snapshots
+            self._cache, batch, hits, layers, fed, eos, row_ends, self._positions, window, positions, snapshots, expand
         )
 
     def _eos_ids(self, kwargs: dict[str, Any]) -> np.ndarray | None:

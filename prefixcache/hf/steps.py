@@ -163,20 +163,28 @@ def store_prompts(
     window: Sequence[LayerKV] | None = None,
     width: int = 0,
     snapshots: Sequence[dict[int, torch.Tensor]] | None = None,
+    expand: int = 1,
 ) -> None:
     """Insert each prompt and its ``fed`` generated tokens (those whose KV is in
     ``layers``) below the row's hit: a row is cut after its first end-of-sequence token
     (what follows is padding fed to the model) and at ``row_ends[r]`` when given; a padded
     row of a model whose positions count the padding is not stored. ``window`` holds the
     window layers' KV of the last padded positions of the ``width`` the cache spans;
-    ``snapshots[r]`` maps a token count of row ``r`` to its snapshot row there."""
+    ``snapshots[k]`` maps a token count of the cache's row ``k`` to its snapshot row there.
+
+    With ``expand`` rows per prompt (several sequences per prompt), the cache's row
+    ``r * expand + j`` is prompt ``r``'s sequence ``j``: each is stored as its own branch
+    below the prompt (``fed`` has a row for each), or the prompt alone from its first row."""
     window_skip = width - window[0][0].shape[2] if window else 0
-    for r, (row, hit) in enumerate(zip(batch.prompts, hits, strict=True)):
+    for k in range(len(batch.prompts) * (expand if fed is not None else 1)):
+        r = k // expand if fed is not None else k
+        row, hit = batch.prompts[r], hits[r]
+        k = k if fed is not None else r * expand
         if not positions.row_reusable(batch.pads[r]):
             continue
         tokens: TokenIds = row
         if fed is not None:
-            more = fed[r]
+            more = fed[k]
             if eos is not None and len(more):
                 ends = np.flatnonzero(np.isin(more, eos))
                 more = more[: int(ends[0]) + 1] if len(ends) else more
@@ -185,17 +193,17 @@ def store_prompts(
         if row_ends is not None and row_ends[r] < len(tokens):
             tokens = TokenIds("i", tokens[: max(row_ends[r], hit.length)])
         if window is None and snapshots is None:
-            cache.insert(tokens, layers, offset=batch.pads[r], row=r, hit=hit)
+            cache.insert(tokens, layers, offset=batch.pads[r], row=k, hit=hit)
             continue
         cache.insert(
             tokens,
             layers,
             offset=batch.pads[r],
-            row=r,
+            row=k,
             hit=hit,
             window=window,
             window_offset=batch.pads[r] - window_skip,
-            snapshots={n: rows for n, rows in (snapshots[r] if snapshots else {}).items() if n <= len(tokens)},
+            snapshots={n: rows for n, rows in (snapshots[k] if snapshots else {}).items() if n <= len(tokens)},
         )
 
 
