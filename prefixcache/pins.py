@@ -9,7 +9,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Hashable
 
-from .tiers import Tiers
+from .pools import Pools
 from .tree import HOST, Node, RadixTree, namespace_key
 
 __all__ = ["UserPins"]
@@ -21,9 +21,9 @@ class UserPins:
     Every method whose name ends in ``_locked`` assumes the caller holds the cache's lock.
     """
 
-    def __init__(self, tree: RadixTree, tiers: Tiers) -> None:
+    def __init__(self, tree: RadixTree, pools: Pools) -> None:
         self._tree = tree
-        self._tiers = tiers
+        self._pools = pools
         self._nodes: dict[tuple[Hashable, bytes], list[Node]] = {}
 
     def pin_locked(self, toks: array, namespace: Hashable) -> None:
@@ -41,11 +41,11 @@ class UserPins:
         node = tree.match(toks, namespace).node
         assert node is not None
         tree.pin(node)
-        if node.tier == HOST and self._tiers.promote(node)[0] is not node:
+        if node.tier == HOST and self._pools.promote(node)[0] is not node:
             tree.unpin(node)
             raise ValueError(
                 f"tokens: {len(toks)} tokens do not fit on the device beside the {tree.pinned_size} pinned "
-                f"there (the pool holds {self._tiers.device.capacity}); pinned bytes cannot exceed the budget"
+                f"there (the pool holds {self._pools.device.capacity}); pinned bytes cannot exceed the budget"
             )
         self._nodes.setdefault((namespace_key(namespace), toks.tobytes()), []).append(node)
 

@@ -34,7 +34,7 @@ from .kv.state import SnapshotPool, StateLayout
 from .tree import Node, RadixTree, path_length, window_starts
 
 if TYPE_CHECKING:
-    from .tiers import Tiers
+    from .pools import Pools
 
 __all__ = ["LayerKinds", "RowSource", "Servable", "Stored", "Stores", "split_budget", "store_parts"]
 
@@ -144,13 +144,13 @@ class Stores:
         prompt's hit ends, can be served too)."""
         return min(len(node.key), self.need + 1)
 
-    def snapshot(self, tiers: Tiers, node: Node, row: torch.Tensor) -> None:
+    def snapshot(self, pools: Pools, node: Node, row: torch.Tensor) -> None:
         """Keep ``row`` as the snapshot at ``node``'s end, making room if needed (``node``'s path
         pinned); none when nothing can be evicted."""
         pool = self.snapshots
         assert pool is not None
         if pool.n_free == 0:
-            tiers.make_room_until(lambda: pool.n_free > 0)
+            pools.make_room_until(lambda: pool.n_free > 0)
         if pool.n_free == 0:
             return
         slot = pool.alloc()
@@ -161,7 +161,7 @@ class Stores:
             raise
         node.snap = slot
 
-    def fill_window(self, tiers: Tiers, node: Node, write: Callable[[array, int], None], first: int) -> None:
+    def fill_window(self, pools: Pools, node: Node, write: Callable[[array, int], None], first: int) -> None:
         """Give ``node`` (path pinned) the window rows a hit may need of it that it lacks, of the
         tokens from ``first`` on, which ``write(slots, token)`` fills; fewer when the window
         pool has no more room."""
@@ -173,7 +173,7 @@ class Stores:
         if missing <= 0:
             return
         if pool.n_free < missing:
-            tiers.make_room_until(lambda: pool.n_free >= missing)
+            pools.make_room_until(lambda: pool.n_free >= missing)
         take = min(missing, pool.n_free)
         if take == 0:
             return
@@ -234,7 +234,7 @@ class Stored(NamedTuple):
 def store_parts(
     stores: Stores,
     tree: RadixTree,
-    tiers: Tiers,
+    pools: Pools,
     toks: array,
     node: Node | None,
     start: int,
@@ -246,7 +246,7 @@ def store_parts(
     every node of the way gets the window rows a hit may need of it that ``source`` has.
     Makes room by evicting least recently used leaves; stores what fits. Returns where the
     path ends."""
-    pool = tiers.device
+    pool = pools.device
     ends = sorted({p for p in source.snapshots if start < p < len(toks)} | {len(toks)})
     cur: Node | None = node
     at, stored = start, 0
@@ -262,7 +262,7 @@ def store_parts(
             if reached < end:
                 new = end - reached
                 if new > pool.n_free:
-                    tiers.make_room(new - pool.n_free)
+                    pools.make_room(new - pool.n_free)
                 fits = min(new, pool.n_free)
                 if fits:
                     slots = pool.alloc(fits)
@@ -277,13 +277,13 @@ def store_parts(
                     cur, stored, reached = leaf, stored + fits, reached + fits
             way.extend(_between(node, cur, way))
             if reached == end and end in source.snapshots and cur is not None and cur.snap < 0:
-                stores.snapshot(tiers, cur, source.snapshots[end])
+                stores.snapshot(pools, cur, source.snapshots[end])
             at = reached
             if reached < end:
                 break
         if source.window is not None:
             for each in way:
-                stores.fill_window(tiers, each, source.window, source.window_from)
+                stores.fill_window(pools, each, source.window, source.window_from)
     finally:
         tree.unpin(cur)
     return Stored(stored, cur, at, array("q"))

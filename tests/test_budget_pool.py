@@ -7,7 +7,7 @@ from array import array
 import pytest
 import torch
 
-from prefixcache.checks import check_kv
+from prefixcache.arguments import check_kv
 from prefixcache.config import parse_budget
 from prefixcache.errors import PoolExhaustedError
 from prefixcache.kv import KVPool, LayerSpec

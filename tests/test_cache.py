@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prefixcache import PrefixCache
-from prefixcache.checks import as_tokens
+from prefixcache.arguments import as_tokens
 
 from .fake_kv import LAYERS, assert_kv_is, fake_kv
 

@@ -252,8 +252,8 @@ def test_the_forward_pass_runs_outside_the_lock_so_requests_overlap() -> None:
         try:
             assert gate.entered.wait(WAIT), "the request never reached its forward pass"
             # The held request is inside the model: the cache's lock must be free ...
-            assert cached.cache._lock.acquire(blocking=False), "the lock is held during the forward pass"
-            cached.cache._lock.release()
+            assert cached.cache._core.lock.acquire(blocking=False), "the lock is held during the forward pass"
+            cached.cache._core.lock.release()
             # ... and a whole other request goes through meanwhile.
             passer = threading.Thread(target=lambda: results.update(other=cached.prefill(other)), daemon=True)
             passer.start()

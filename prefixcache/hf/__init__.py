@@ -1,11 +1,15 @@
 """Hugging Face integration: ``wrap(model)``, the ``CachedModel`` it returns, and the models
 that can be served. The only package that imports transformers.
 
-- :mod:`.model`: ``wrap`` and ``CachedModel``, a request's path through the cache.
-- :mod:`.batch`: a request's input, checked once; when the cache steps aside.
-- :mod:`.support`: which models can be served exactly, and the probe.
-- :mod:`.regime`: the steps a rotary embedding that depends on the length adds to a request.
-- :mod:`.verify`: ``verify=``, a seeded fraction of requests run again without the cache.
+- :mod:`.model`: ``wrap`` and ``CachedModel``; :mod:`.serving`, what serving one model takes.
+- :mod:`.request`: one request, in order: :mod:`.batch` (its input, checked once),
+  :mod:`.passthrough` (when the cache steps aside, and the model run as it is),
+  :mod:`.reuse` (the rows' hits and the cache handed to the model), the model run
+  (:mod:`.segments` for recurrent layers), :mod:`.store` (what it leaves), :mod:`.verify`.
+- :mod:`.support`: which models can be served exactly, and the probe; :mod:`.layers`,
+  what each layer keeps; :mod:`.positions`, how the model numbers positions;
+  :mod:`.regime`, a rotary embedding that depends on the length; :mod:`.weights`,
+  whether the weights changed.
 - :mod:`.kvcache`: ``DynamicCache`` to and from per-layer KV (every version-sensitive call).
 - :mod:`.models`: built-in presets and ``load_model``.
 """

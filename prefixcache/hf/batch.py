@@ -1,5 +1,4 @@
-"""A request's input, checked once: the token ids, the mask, each row's padding and tokens;
-and the options under which the cache steps aside.
+"""A request's input, checked once: the token ids, the mask, each row's padding and tokens.
 
 A batch is left-padded: row ``r`` has ``pad[r]`` padding tokens, then its real
 tokens to the end. The checks run on one host copy of the ids and the mask, with
@@ -15,38 +14,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checks import TokenIds, as_tokens
+from ..arguments import TokenIds, as_tokens
 
 __all__ = [
-    "PASS_THROUGH_OPTIONS",
     "Batch",
     "check_ids",
-    "pass_through_reason",
     "position_ids",
     "read_batch",
     "sequences_per_prompt",
     "read_prompts",
 ]
 
+
 # generate() options under which the cache steps aside and the model runs as it is:
 # each changes what the prompt's forward pass must return or how its KV is laid out.
-PASS_THROUGH_OPTIONS = {
-    "inputs_embeds": "the prompt is given as embeddings, not token ids",
-    "assistant_model": "assisted decoding runs a second model",
-    "prompt_lookup_num_tokens": "prompt lookup decoding",
-    "assistant_early_exit": "assisted decoding by early exit",
-    "output_attentions": "attentions of cached prompt positions would be missing",
-    "output_hidden_states": "hidden states of cached prompt positions would be missing",
-    "cache_implementation": "a cache class other than DynamicCache was asked for",
-    "custom_generate": "a decoding loop of the caller's or from the Hub, whose use of a cache is not known",
-    "dola_layers": "DoLa decoding, a decoding loop from the Hub",
-    "force_words_ids": "constrained beam search, a decoding loop from the Hub",
-    "constraints": "constrained beam search, a decoding loop from the Hub",
-}
-"""generate() options under which the cache steps aside (contrastive search and group beam
-search, which transformers moved to the Hub, are named by :func:`pass_through_reason`)."""
-
-
 @dataclass(frozen=True)
 class Batch:
     """A validated request: the batch, its mask, and each row's real tokens."""
@@ -205,29 +186,6 @@ def _default_mask(
         return ones, None
     inferred = torch.from_numpy((~is_pad).astype(np.int64)).to(input_ids.device)
     return inferred, _check_mask(inferred, input_ids, input_ids.device)
-
-
-def pass_through_reason(model: Any, kwargs: dict[str, Any]) -> str | None:
-    """Why ``generate(**kwargs)`` cannot be served from the cache exactly, or None."""
-    for name, why in PASS_THROUGH_OPTIONS.items():
-        value = kwargs.get(name)
-        if value is not None and value is not False:
-            return f"{name}: {why}"
-    config = kwargs.get("generation_config") or model.generation_config
-    if kwargs.get("use_cache", getattr(config, "use_cache", True)) is False:
-        return "use_cache=False"
-    groups = kwargs.get("num_beam_groups", getattr(config, "num_beam_groups", None))
-    if groups is not None and groups > 1:
-        return f"num_beam_groups={groups}: group beam search, a decoding loop from the Hub"
-    alpha = kwargs.get("penalty_alpha", getattr(config, "penalty_alpha", None))
-    if alpha is not None and alpha > 0 and not kwargs.get("do_sample", getattr(config, "do_sample", False)):
-        return f"penalty_alpha={alpha}: contrastive search, a decoding loop from the Hub"
-    for name in ("output_attentions", "output_hidden_states"):
-        if getattr(config, name, False) and name not in kwargs:
-            return f"generation_config.{name}: {PASS_THROUGH_OPTIONS[name]}"
-    if model.training:
-        return "the model is in training mode (dropout would differ)"
-    return None
 
 
 def sequences_per_prompt(model: Any, kwargs: dict[str, Any]) -> tuple[int, bool]:

@@ -8,18 +8,18 @@ a model a request
   plus one (with ids counted from each row's first real token, the longest row's
   length); a regime without exact reuse runs the model as it is;
 - looks up and stores under the namespace ``(regime.label, namespace)``
-  (:meth:`Regimes.key`), so entries of two regimes never share a node;
+  (:meth:`RegimeSteps.key`), so entries of two regimes never share a node;
 - in ``generate``, first computes the prompt but its last token in a forward of its
-  own and stores it (:meth:`Regimes.prompt_first`), so the prompt is stored whatever
+  own and stores it (:meth:`RegimeSteps.prompt_first`), so the prompt is stored whatever
   ``generate`` does with the cache it is handed (Phi-3's drops it when the sequence
   grows past ``original_max_position_embeddings``);
 - stores a row only as far as its tokens were computed in that regime
-  (:meth:`Regimes.row_ends`: decoding may cross a threshold);
-- runs its calls into the model one at a time (:attr:`Regimes.turn`): transformers'
+  (:meth:`RegimeSteps.row_ends`: decoding may cross a threshold);
+- runs its calls into the model one at a time (:attr:`RegimeSteps.turn`): transformers'
   rotary module writes the frequencies of each forward into a buffer it shares, then
   reads them, so two overlapping forwards may rotate with each other's.
 
-A model whose rotation depends on positions alone has no :class:`Regimes`: its
+A model whose rotation depends on positions alone has no :class:`RegimeSteps`: its
 requests skip every step here.
 """
 
@@ -35,13 +35,13 @@ from ..rope import Regime, RopeKind, RopeRule
 from .batch import Batch, position_ids
 from .kvcache import CacheKeywords, returned_cache
 
-__all__ = ["NO_TURN", "Regimes"]
+__all__ = ["NO_TURN", "RegimeSteps"]
 
 NO_TURN: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 """What calls into a model that needs no turns are made under (reusable, holds nothing)."""
 
 
-class Regimes:
+class RegimeSteps:
     """The regimes of one model's length-dependent rotary embedding, as requests meet them.
 
     Made by :meth:`of` for a length-dependent rule only.
@@ -61,7 +61,7 @@ class Regimes:
         self._keywords = CacheKeywords.of(model)
 
     @classmethod
-    def of(cls, rule: RopeRule, model: Any) -> Regimes | None:
+    def of(cls, rule: RopeRule, model: Any) -> RegimeSteps | None:
         """The regimes of ``model``'s rotary ``rule``, or None when a token's rotation
         depends on its position alone."""
         if rule.kind is not RopeKind.LENGTH_DEPENDENT:
@@ -106,7 +106,7 @@ class Regimes:
 
     @staticmethod
     def single(namespace: Hashable) -> list[Hashable]:
-        """What :meth:`keys` is for a model with one regime (and no :class:`Regimes`)."""
+        """What :meth:`keys` is for a model with one regime (and no :class:`RegimeSteps`)."""
         return [namespace]
 
     def row_ends(self, batch: Batch, regime: Regime, positions: int) -> list[int]:

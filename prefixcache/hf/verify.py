@@ -30,7 +30,8 @@ import torch
 
 from ..cache import PrefixCache
 from ..errors import VerificationError
-from .batch import Batch, position_ids
+from .batch import Batch
+from .passthrough import logits_as_is
 from .positions import Positions
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "generation_difference",
     "logit_difference",
     "rng_state",
-    "uncached_logits",
     "with_step_logits",
 ]
 
@@ -114,7 +114,7 @@ class Verifier:
         ``logits.shape[1]`` positions; ``numbered`` as generate numbers positions); return
         them, or the uncached run's on a mismatch."""
         with self._turn:
-            want = uncached_logits(
+            want = logits_as_is(
                 self._model,
                 batch,
                 logits.shape[1],
@@ -163,20 +163,6 @@ class Verifier:
         else:
             logger.warning("%s; returning the uncached output", message)
         return True
-
-
-def uncached_logits(
-    model: Any, batch: Batch, keep: int = 0, *, takes_position_ids: bool, takes_logits_to_keep: bool
-) -> torch.Tensor:
-    """The model's logits for the whole batch without the cache (the last ``keep`` positions;
-    0: all), with position ids counted as ``generate`` counts them where the forward takes them."""
-    kwargs: dict[str, Any] = {}
-    if takes_position_ids:
-        kwargs["position_ids"] = position_ids(batch.attention_mask)
-    if keep and takes_logits_to_keep:
-        kwargs["logits_to_keep"] = keep
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **kwargs)
-    return out.logits[:, -keep:] if keep else out.logits
 
 
 class Difference(NamedTuple):

@@ -224,7 +224,7 @@ class KVPool:
 
         For every layer, token ``i`` is read at ``kv[layer][k or v][row, :, start + i, :]``,
         so ``kv`` may be a whole batch's cache of which one row and a range of positions
-        are kept. Shapes must be those :func:`prefixcache.checks.check_kv` accepts (the
+        are kept. Shapes must be those :func:`prefixcache.arguments.check_kv` accepts (the
         caller checks first, before it changes anything).
         """
         n = len(slots)

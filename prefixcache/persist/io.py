@@ -24,7 +24,8 @@ __all__ = ["load", "save"]
 class Persistable(Protocol):
     """What saving and loading need of a cache."""
 
-    fingerprint: str | None
+    @property
+    def fingerprint(self) -> str | None: ...
 
     @property
     def pool(self) -> KVPool: ...

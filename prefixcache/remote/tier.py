@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..checks import as_tokens
+from ..arguments import as_tokens
 from ..kv.layout import LayerSpec
 from .backoff import Backoff
 from .codec import ChunkError, decode

@@ -5,7 +5,7 @@ room on the device moves its least recently used nodes to the host (when the hos
 has room, dropping the host's own least recently used leaves if needed) or drops
 them; a request that reaches host-resident KV brings it back first. Expiry and
 clearing drop nodes in both tiers. Every one of these goes through
-:meth:`RadixTree.evict`, the one eviction loop, and :meth:`Tiers.copy`, the one
+:meth:`RadixTree.evict`, the one eviction loop, and :meth:`Pools.copy`, the one
 copy between pools.
 """
 
@@ -24,10 +24,10 @@ from .tree import ALL, DEVICE, HOST, EvictResult, Node, RadixTree, Tier
 if TYPE_CHECKING:
     from .stores import Stores
 
-__all__ = ["Tiers"]
+__all__ = ["Pools"]
 
 
-class Tiers:
+class Pools:
     """The tree's KV in its pools, with the moves and drops between them.
 
     Every method assumes the caller (:class:`prefixcache.cache.PrefixCache`) holds

@@ -1,4 +1,5 @@
-"""The steps of a request between the cache and the model.
+"""The hits of a request's rows, and the cache the model is handed: their cached prefixes
+laid out as the model's own cache would hold them.
 
 For a left-padded batch of ``B`` prompts padded to ``P`` tokens (row ``r`` has
 ``pad[r]`` padding tokens and hits ``hit[r]`` cached tokens):
@@ -14,22 +15,19 @@ For a left-padded batch of ``B`` prompts padded to ``P`` tokens (row ``r`` has
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..cache import Hit, PrefixCache
-from ..checks import TokenIds
 from ..kv.layout import LayerKV
 from .batch import Batch
 from .kvcache import CacheBuilder
 from .layers import ModelLayers
 from .positions import Positions
 
-__all__ = ["PromptStore", "prefix_cache", "reuse", "store_prompts"]
+__all__ = ["aligned_length", "model_cache", "reuse"]
 
 
 @contextlib.contextmanager
@@ -75,7 +73,7 @@ def aligned_length(cache: PrefixCache, batch: Batch, hits: list[Hit]) -> int:
     return 0
 
 
-def prefix_cache(
+def model_cache(
     cache: PrefixCache, builder: CacheBuilder, batch: Batch, hits: list[Hit], length: int, layers: ModelLayers
 ) -> Any:
     """A DynamicCache holding positions [0, length) of every row: gathered KV, zeros for padding;
@@ -149,79 +147,3 @@ def _parts_cache(cache: PrefixCache, batch: Batch, hits: list[Hit], length: int,
                 rows_of[r] = row
         states = layout.split(rows_of)
     return layers.filled(full, window, states, length)
-
-
-def store_prompts(
-    cache: PrefixCache,
-    batch: Batch,
-    hits: list[Hit],
-    layers: list[LayerKV],
-    fed: np.ndarray | None,
-    eos: np.ndarray | None,
-    row_ends: Sequence[int] | None,
-    positions: Positions,
-    window: Sequence[LayerKV] | None = None,
-    width: int = 0,
-    snapshots: Sequence[dict[int, torch.Tensor]] | None = None,
-    expand: int = 1,
-) -> None:
-    """Insert each prompt and its ``fed`` generated tokens (those whose KV is in
-    ``layers``) below the row's hit: a row is cut after its first end-of-sequence token
-    (what follows is padding fed to the model) and at ``row_ends[r]`` when given; a padded
-    row of a model whose positions count the padding is not stored. ``window`` holds the
-    window layers' KV of the last padded positions of the ``width`` the cache spans;
-    ``snapshots[k]`` maps a token count of the cache's row ``k`` to its snapshot row there.
-
-    With ``expand`` rows per prompt (several sequences per prompt), the cache's row
-    ``r * expand + j`` is prompt ``r``'s sequence ``j``: each is stored as its own branch
-    below the prompt (``fed`` has a row for each), or the prompt alone from its first row."""
-    window_skip = width - window[0][0].shape[2] if window else 0
-    for k in range(len(batch.prompts) * (expand if fed is not None else 1)):
-        r = k // expand if fed is not None else k
-        row, hit = batch.prompts[r], hits[r]
-        k = k if fed is not None else r * expand
-        if not positions.row_reusable(batch.pads[r]):
-            continue
-        tokens: TokenIds = row
-        if fed is not None:
-            more = fed[k]
-            if eos is not None and len(more):
-                ends = np.flatnonzero(np.isin(more, eos))
-                more = more[: int(ends[0]) + 1] if len(ends) else more
-            tokens = TokenIds("i", row)  # the model's own tokens are in range too
-            tokens.frombytes(more.astype(np.int32).tobytes())
-        if row_ends is not None and row_ends[r] < len(tokens):
-            tokens = TokenIds("i", tokens[: max(row_ends[r], hit.length)])
-        if window is None and snapshots is None:
-            cache.insert(tokens, layers, offset=batch.pads[r], row=k, hit=hit)
-            continue
-        cache.insert(
-            tokens,
-            layers,
-            offset=batch.pads[r],
-            row=k,
-            hit=hit,
-            window=window,
-            window_offset=batch.pads[r] - window_skip,
-            snapshots={n: rows for n, rows in (snapshots[k] if snapshots else {}).items() if n <= len(tokens)},
-        )
-
-
-class PromptStore(StoppingCriteria):
-    """Runs ``store`` once, when ``generate`` checks whether to stop after its first step: the
-    prompt's forward pass is done then and the cache handed in holds the prompt. It never
-    stops anything."""
-
-    def __init__(self, store: Callable[[], None]) -> None:
-        self._store = store
-        self.done = False
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        if not self.done:
-            self.done = True
-            self._store()
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-    def added_to(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """``generate``'s options with this beside the caller's own stopping criteria."""
-        return {**kwargs, "stopping_criteria": StoppingCriteriaList([*(kwargs.get("stopping_criteria") or ()), self])}

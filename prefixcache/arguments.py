@@ -16,7 +16,18 @@ import torch
 
 from .kv.layout import LayerSpec
 
-__all__ = ["INT32_MAX", "TokenIds", "as_tokens", "check_count", "check_kv", "check_namespace", "same_device"]
+__all__ = [
+    "INT32_MAX",
+    "TokenIds",
+    "as_tokens",
+    "check_count",
+    "check_int",
+    "check_kv",
+    "check_namespace",
+    "check_number",
+    "check_seconds",
+    "same_device",
+]
 
 INT32_MAX = 2**31 - 1
 
@@ -81,11 +92,61 @@ def _tensor_tokens(tokens: torch.Tensor, name: str) -> array:
     return array("i", values.astype(np.int32).tobytes())
 
 
+def check_int(value: object, name: str, low: int | None = None, high: int | None = None) -> int:
+    """Return ``value`` if it is an int (not a bool) in ``[low, high]`` (either end open when
+    None), else raise ``ValueError`` naming ``name`` and what is accepted.
+
+    >>> check_int(3, "n", 0)
+    3
+    >>> check_int(True, "n", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: n: expected an int >= 0, got True
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or (low is not None and value < low)
+        or (high is not None and value > high)
+    ):
+        if low is not None and high is not None:
+            accepted = f"an int in [{low}, {high}]"
+        elif low is not None:
+            accepted = f"an int >= {low}"
+        elif high is not None:
+            accepted = f"an int <= {high}"
+        else:
+            accepted = "an int"
+        raise ValueError(f"{name}: expected {accepted}, got {value!r}")
+    return value
+
+
 def check_count(value: object, name: str) -> int:
     """Return ``value`` if it is an int >= 0 (not a bool), else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
-    return value
+    return check_int(value, name, 0)
+
+
+def check_number(
+    value: object, name: str, *, low: float = 0.0, high: float = float("inf"), open_low: bool = False
+) -> float:
+    """Return ``value`` as a float if it is a finite number (not a bool) in ``[low, high]``
+    (``(low, high]`` with ``open_low``), else raise ``ValueError`` naming ``name``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+    if ok:
+        ok = (value > low if open_low else value >= low) and value <= high and value != float("inf")  # type: ignore[operator]
+    if not ok:
+        bracket = "(" if open_low else "["
+        upper = "" if high == float("inf") else f", {high}]"
+        accepted = f"a number in {bracket}{low}{upper}" if upper else f"a number {'>' if open_low else '>='} {low}"
+        raise ValueError(f"{name}: expected {accepted}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_seconds(value: object, name: str) -> float:
+    """Return ``value`` if it is a finite number of seconds >= 0, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"{name}: expected a number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 def check_namespace(namespace: object) -> Hashable:
