@@ -9,12 +9,9 @@ from __future__ import annotations
 import operator
 from array import array
 from collections.abc import Hashable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
-
-from .kv.layout import LayerSpec
 
 __all__ = [
     "INT32_MAX",
@@ -22,11 +19,9 @@ __all__ = [
     "as_tokens",
     "check_count",
     "check_int",
-    "check_kv",
     "check_namespace",
     "check_number",
     "check_seconds",
-    "same_device",
 ]
 
 INT32_MAX = 2**31 - 1
@@ -159,49 +154,3 @@ def check_namespace(namespace: object) -> Hashable:
             f"got {namespace!r} of type {type(namespace).__name__}"
         ) from None
     return namespace
-
-
-def same_device(a: torch.device, b: torch.device) -> bool:
-    """Whether ``a`` and ``b`` are one device (``"cuda"`` names the current one: any index matches)."""
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
-
-
-def check_kv(kv: Any, layers: Sequence[LayerSpec], device: torch.device, *, positions: int, row: int) -> None:
-    """Raise unless ``kv`` is one ``(key_states, value_states)`` pair per layer of ``layers``,
-    each ``[batch > row, kv_heads, >= positions, head_dim]``, floating point and on ``device``.
-
-    ``TypeError`` for the wrong kinds of objects or dtypes, ``ValueError`` for wrong
-    shapes or another device; each names the offending layer. O(layers).
-    """
-    if isinstance(kv, (str, bytes)) or not (hasattr(kv, "__len__") and hasattr(kv, "__getitem__")):
-        raise TypeError(f"kv: expected one (key_states, value_states) pair per layer, got {type(kv).__name__}")
-    if len(kv) != len(layers):
-        raise ValueError(f"kv: expected {len(layers)} layers, got {len(kv)}")
-    for i, spec in enumerate(layers):
-        layer = kv[i]
-        if type(layer) is not tuple and (
-            isinstance(layer, (str, bytes)) or not (hasattr(layer, "__len__") and hasattr(layer, "__getitem__"))
-        ):
-            raise TypeError(f"kv[{i}]: expected a (key_states, value_states) pair, got {type(layer).__name__}")
-        if len(layer) < 2:
-            raise ValueError(f"kv[{i}]: expected (key_states, value_states), got {len(layer)} items")
-        for part, tensor, dim in (("key", layer[0], spec.key_dim), ("value", layer[1], spec.value_dim)):
-            if not isinstance(tensor, torch.Tensor):
-                raise TypeError(f"kv[{i}] {part}_states: expected a tensor, got {type(tensor).__name__}")
-            shape = tensor.shape
-            if (
-                len(shape) != 4
-                or shape[1] != spec.kv_heads
-                or shape[3] != dim
-                or shape[2] < positions
-                or shape[0] <= row
-            ):
-                raise ValueError(
-                    f"kv[{i}] {part}_states: expected [batch > {row}, {spec.kv_heads}, >= {positions}, {dim}], "
-                    f"got {list(shape)}"
-                )
-            if not tensor.dtype.is_floating_point:
-                raise TypeError(f"kv[{i}] {part}_states: expected a floating-point tensor, got {tensor.dtype}")
-            where = tensor.device
-            if where != device and not same_device(where, device):
-                raise ValueError(f"kv[{i}] {part}_states: on {where}, but the pool is on {device}; move it there first")

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from .arguments import check_int, check_number, check_seconds
+
 __all__ = ["DEFAULT_BUDGET", "UNSET", "CacheConfig", "Unset", "parse_budget"]
 
 DEFAULT_BUDGET = "1GiB"
@@ -144,24 +146,13 @@ class CacheConfig:
             from .remote.url import parse_redis_url  # checks the URL; no connection is made
 
             parse_redis_url(self.remote, name="remote")
-        chunk = self.remote_chunk_tokens
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 1 << 20:
-            raise ValueError(f"remote_chunk_tokens: expected an int in [1, 2**20], got {chunk!r}")
-        wait = self.shared_wait
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
-            raise ValueError(f"shared_wait: expected a number of seconds >= 0, got {wait!r}")
+        check_int(self.remote_chunk_tokens, "remote_chunk_tokens", 1, 1 << 20)
+        check_seconds(self.shared_wait, "shared_wait")
         for name in ("window_ratio", "state_share"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise ValueError(f"{name}: expected a number in (0, 1], got {value!r}")
-        interval = self.snapshot_interval
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
-            raise ValueError(f"snapshot_interval: expected an int >= 0 (tokens; 0: none), got {interval!r}")
-        ttl = self.ttl
-        if ttl is not None and (
-            isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0 or ttl == float("inf")
-        ):
-            raise ValueError(f"ttl: expected a number of seconds > 0 (or None for no expiry), got {ttl!r}")
+            check_number(getattr(self, name), name, low=0.0, high=1.0, open_low=True)
+        check_int(self.snapshot_interval, "snapshot_interval", 0)
+        if self.ttl is not None:
+            check_number(self.ttl, "ttl", low=0.0, open_low=True)
 
     @classmethod
     def of(cls, config: CacheConfig | None = None, budget: Any = UNSET, **options: Any) -> CacheConfig:

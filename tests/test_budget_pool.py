@@ -7,10 +7,10 @@ from array import array
 import pytest
 import torch
 
-from prefixcache.arguments import check_kv
 from prefixcache.config import parse_budget
 from prefixcache.errors import PoolExhaustedError
 from prefixcache.kv import KVPool, LayerSpec
+from prefixcache.kv.layout import check_kv
 
 from .fake_kv import LAYERS, assert_kv_is, fake_kv
 

@@ -294,7 +294,7 @@ def test_backoff_doubles_caps_jitters_and_admits_one_probe() -> None:
     assert gate.admit()
     assert gate.succeeded() is True and gate.succeeded() is False
     assert gate.admit() and gate.admit()
-    with pytest.raises(ValueError, match="initial: expected a number of seconds > 0"):
+    with pytest.raises(ValueError, match="initial: expected a number > 0"):
         Backoff(0, 1, probe_window=1)
     with pytest.raises(ValueError, match="maximum: expected at least initial"):
         Backoff(2, 1, probe_window=1)

@@ -12,9 +12,10 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import torch
 
-from ..arguments import as_tokens, check_count, check_int, check_kv, check_namespace
+from ..arguments import as_tokens, check_count, check_int, check_namespace
 from ..hit import Hit
 from ..kv import LayerKV
+from ..kv.layout import check_kv
 from ..stores import RowSource, store_parts
 from .core import CacheCore
 from .lookup import Lookup

@@ -62,7 +62,7 @@ def check_options(fraction: object, action: object, seed: object) -> None:
         raise ValueError(f"verify: expected {accepted}, got {fraction!r}")
     if not isinstance(action, str) or action not in MISMATCH_ACTIONS:
         raise ValueError(f"on_mismatch: expected one of {', '.join(map(repr, MISMATCH_ACTIONS))}, got {action!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, int):  # a TypeError, as for any seed of the wrong type
         raise TypeError(f"verify_seed: expected an int, got {seed!r}")
 
 

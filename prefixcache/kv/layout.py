@@ -14,11 +14,11 @@ layer has the same shape, and a read of n tokens is one slice or one
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["KVLayout", "LayerKV", "LayerSpec"]
+__all__ = ["KVLayout", "LayerKV", "LayerSpec", "check_kv", "same_device"]
 
 LayerKV = tuple[torch.Tensor, torch.Tensor]
 """One layer's ``(key_states, value_states)``, each ``[batch, kv_heads, seq, head_dim]``."""
@@ -135,3 +135,49 @@ def _layer_specs(layers: object, empty: bool = False) -> tuple[LayerSpec, ...]:
             raise ValueError(f"layers[{i}]: every size must be a positive int, got {tuple(spec)!r}")
         specs.append(LayerSpec(*spec))
     return tuple(specs)
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` and ``b`` are one device (``"cuda"`` names the current one: any index matches)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def check_kv(kv: Any, layers: Sequence[LayerSpec], device: torch.device, *, positions: int, row: int) -> None:
+    """Raise unless ``kv`` is one ``(key_states, value_states)`` pair per layer of ``layers``,
+    each ``[batch > row, kv_heads, >= positions, head_dim]``, floating point and on ``device``.
+
+    ``TypeError`` for the wrong kinds of objects or dtypes, ``ValueError`` for wrong
+    shapes or another device; each names the offending layer. O(layers).
+    """
+    if isinstance(kv, (str, bytes)) or not (hasattr(kv, "__len__") and hasattr(kv, "__getitem__")):
+        raise TypeError(f"kv: expected one (key_states, value_states) pair per layer, got {type(kv).__name__}")
+    if len(kv) != len(layers):
+        raise ValueError(f"kv: expected {len(layers)} layers, got {len(kv)}")
+    for i, spec in enumerate(layers):
+        layer = kv[i]
+        if type(layer) is not tuple and (
+            isinstance(layer, (str, bytes)) or not (hasattr(layer, "__len__") and hasattr(layer, "__getitem__"))
+        ):
+            raise TypeError(f"kv[{i}]: expected a (key_states, value_states) pair, got {type(layer).__name__}")
+        if len(layer) < 2:
+            raise ValueError(f"kv[{i}]: expected (key_states, value_states), got {len(layer)} items")
+        for part, tensor, dim in (("key", layer[0], spec.key_dim), ("value", layer[1], spec.value_dim)):
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"kv[{i}] {part}_states: expected a tensor, got {type(tensor).__name__}")
+            shape = tensor.shape
+            if (
+                len(shape) != 4
+                or shape[1] != spec.kv_heads
+                or shape[3] != dim
+                or shape[2] < positions
+                or shape[0] <= row
+            ):
+                raise ValueError(
+                    f"kv[{i}] {part}_states: expected [batch > {row}, {spec.kv_heads}, >= {positions}, {dim}], "
+                    f"got {list(shape)}"
+                )
+            if not tensor.dtype.is_floating_point:
+                raise TypeError(f"kv[{i}] {part}_states: expected a floating-point tensor, got {tensor.dtype}")
+            where = tensor.device
+            if where != device and not same_device(where, device):
+                raise ValueError(f"kv[{i}] {part}_states: on {where}, but the pool is on {device}; move it there first")

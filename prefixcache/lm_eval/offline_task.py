@@ -28,6 +28,8 @@ import random
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..arguments import check_int
+
 __all__ = ["GROUP", "OfflineTask", "build_tokenizer", "write_task"]
 
 GROUP = "offline_mmlu"
@@ -84,8 +86,7 @@ def write_task(
     files. Raises ``ValueError`` for a ``questions`` below 1 or a header length outside
     100 to 2,000 tokens.
     """
-    if isinstance(questions, bool) or not isinstance(questions, int) or questions < 1:
-        raise ValueError(f"questions: expected an int >= 1, got {questions!r}")
+    check_int(questions, "questions", 1)
     if not header_tokens or any(not isinstance(n, int) or not 100 <= n <= 2000 for n in header_tokens):
         raise ValueError(f"header_tokens: expected one or more ints from 100 to 2000, got {header_tokens!r}")
     root = Path(directory).resolve()

@@ -3,9 +3,9 @@
 Importing this package does not import redis-py; making a :class:`RemoteTier` does.
 """
 
+from .chunks import DEFAULT_CHUNK_TOKENS, ChunkLayout
 from .codec import ChunkError
-from .layout import DEFAULT_CHUNK_TOKENS, ChunkLayout
-from .stats import RemoteStats
+from .counters import RemoteStats
 from .tier import RemoteRows, RemoteTier
 from .url import RedisURL, parse_redis_url
 from .writer import RowsProvider

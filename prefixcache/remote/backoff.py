@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..arguments import check_number
+
 __all__ = ["Backoff"]
 
 
@@ -43,8 +45,7 @@ class Backoff:
         jitter: Callable[[], float] | None = None,
     ) -> None:
         for name, value in (("initial", initial), ("maximum", maximum), ("probe_window", probe_window)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-                raise ValueError(f"{name}: expected a number of seconds > 0, got {value!r}")
+            check_number(value, name, open_low=True)
         if maximum < initial:
             raise ValueError(f"maximum: expected at least initial ({initial}), got {maximum!r}")
         self.initial = float(initial)

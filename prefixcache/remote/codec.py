@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .layout import ChunkLayout, dtype_name
+from .chunks import ChunkLayout, dtype_name
 
 __all__ = ["CHECKSUM_SIZE", "HEADER_SIZE", "MAGIC", "REASONS", "VERSION", "ChunkError", "decode", "encode"]
 

@@ -22,7 +22,7 @@ from array import array
 from collections.abc import Hashable
 
 from ..persist.namespaces import encode_namespace
-from .layout import ChunkLayout
+from .chunks import ChunkLayout
 
 __all__ = ["KEY_PREFIX", "chunk_digests", "redis_key", "root_digest"]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from ..arguments import check_int
+
 __all__ = ["KnownChunks"]
 
 
@@ -23,8 +25,7 @@ class KnownChunks:
     """
 
     def __init__(self, capacity: int) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"capacity: expected an int >= 1, got {capacity!r}")
+        check_int(capacity, "capacity", 1)
         self.capacity = capacity
         self._lock = threading.Lock()
         self._seen: OrderedDict[bytes, bool] = OrderedDict()  # digest -> stored (True) or bad (False)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .backoff import Backoff
-from .stats import Counters
+from .counters import RemoteCounters
 from .url import RedisURL
 
 __all__ = ["Link"]
@@ -37,7 +37,7 @@ class Link:
         *,
         timeout: float,
         backoff: Backoff,
-        counters: Counters,
+        counters: RemoteCounters,
         on_recover: Callable[[], None] | None = None,
     ) -> None:
         try:

@@ -21,15 +21,15 @@ from typing import NamedTuple
 
 import torch
 
-from ..arguments import as_tokens
+from ..arguments import as_tokens, check_int
 from ..kv.layout import LayerSpec
 from .backoff import Backoff
+from .chunks import DEFAULT_CHUNK_TOKENS, ChunkLayout
 from .codec import ChunkError, decode
+from .counters import RemoteCounters, RemoteStats
 from .keys import chunk_digests, redis_key, root_digest
 from .known import KnownChunks
-from .layout import DEFAULT_CHUNK_TOKENS, ChunkLayout
 from .link import Link
-from .stats import Counters, RemoteStats
 from .url import RedisURL, parse_redis_url
 from .writer import ChunkWriter, Job, RowsProvider
 
@@ -108,11 +108,10 @@ class RemoteTier:
             ("batch_chunks", batch_chunks),
             ("known_chunks", known_chunks),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+            check_int(value, name, 1)
         self.batch_chunks = batch_chunks
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
-        self._counters = Counters()
+        self._counters = RemoteCounters()
         self._known = KnownChunks(known_chunks)
         initial, maximum = _seconds(backoff_initial, "backoff_initial"), _seconds(backoff_max, "backoff_max")
         if maximum < initial:
@@ -160,8 +159,7 @@ class RemoteTier:
         O(len(tokens)) hashing plus the bytes fetched.
         """
         tokens = as_tokens(tokens)
-        if isinstance(have, bool) or not isinstance(have, int) or not 0 <= have <= len(tokens):
-            raise ValueError(f"have: expected an int in [0, len(tokens) = {len(tokens)}], got {have!r}")
+        check_int(have, "have", 0, len(tokens))
         layout, chunk = self.layout, self.layout.chunk_tokens
         root = root_digest(self.fingerprint, namespace, layout)
         first, last = have // chunk, len(tokens) // chunk
@@ -276,8 +274,7 @@ class RemoteTier:
         """
         tokens = as_tokens(tokens)
         layout, chunk = self.layout, self.layout.chunk_tokens
-        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= len(tokens):
-            raise ValueError(f"start: expected an int in [0, len(tokens) = {len(tokens)}], got {start!r}")
+        check_int(start, "start", 0, len(tokens))
         tensor = None if callable(rows) else self._check_rows(rows, start, len(tokens))
         end = len(tokens) if tensor is None else start + tensor.shape[0]
         first, last = -(-start // chunk), end // chunk

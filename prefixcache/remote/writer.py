@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .chunks import ChunkLayout
 from .codec import encode
 from .keys import redis_key
 from .known import KnownChunks
-from .layout import ChunkLayout
 from .link import Link
 
 __all__ = ["ChunkWriter", "Job", "RowsProvider"]

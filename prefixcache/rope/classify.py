@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from ..arguments import check_int
 from .kinds import LENGTH_DEPENDENT_TYPES, POSITION_ONLY_TYPES, RopeKind
 from .rule import RopeRule
 
@@ -122,8 +123,7 @@ def probe_pairs(threshold: int) -> tuple[tuple[int, int], ...]:
     >>> probe_pairs(32)
     ((28, 31), (28, 36), (33, 36))
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 3:
-        raise ValueError(f"threshold: expected an int >= 3, got {threshold!r}")
+    check_int(threshold, "threshold", 3)
     step = max(2, min(32, threshold // 8))
     below = max(1, threshold - step)
     return ((below, threshold - 1), (below, threshold + step), (threshold + 1, threshold + step))

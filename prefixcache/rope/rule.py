@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
+from ..arguments import check_int
 from .kinds import LENGTH_DEPENDENT_TYPES, RopeKind
 
 __all__ = ["Regime", "RopeRule"]
@@ -110,8 +111,7 @@ class RopeRule:
 
         Raises ``ValueError`` for a length below 1. O(number of bounds).
         """
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise ValueError(f"length: expected an int >= 1, got {length!r}")
+        check_int(length, "length", 1)
         for regime in self.regimes:
             if regime.contains(length):
                 return regime

@@ -49,7 +49,7 @@ class RemoteStats:
         return asdict(self)
 
 
-class Counters:
+class RemoteCounters:
     """The mutable counters behind :class:`RemoteStats`, safe to bump from any thread."""
 
     def __init__(self) -> None:

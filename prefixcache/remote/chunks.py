@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..arguments import check_int
 from ..kv.layout import KVLayout, LayerSpec
 
 __all__ = ["DEFAULT_CHUNK_TOKENS", "ChunkLayout", "dtype_name"]
@@ -65,8 +66,7 @@ class ChunkLayout:
         dtype, chunk_tokens = self.dtype, self.chunk_tokens
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
-        if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or not 1 <= chunk_tokens <= _MAX_CHUNK:
-            raise ValueError(f"chunk_tokens: expected an int in [1, {_MAX_CHUNK}], got {chunk_tokens!r}")
+        check_int(chunk_tokens, "chunk_tokens", 1, _MAX_CHUNK)
         width = sum(spec.width for spec in specs)
         text = f"layers={[list(s) for s in specs]};dtype={dtype_name(dtype)};width={width};chunk={chunk_tokens}"
         for name, value in (
