@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
@@ -21,10 +21,19 @@ from .kv import Int8Codec, KVPool
 from .stats import Counters
 from .tree import ALL, DEVICE, HOST, EvictResult, Node, RadixTree, Tier
 
-if TYPE_CHECKING:
-    from .stores import Stores
+__all__ = ["Pools", "SidePools"]
 
-__all__ = ["Pools"]
+
+class SidePools(Protocol):
+    """Pools that hold more of a node than its token rows (:class:`prefixcache.stores.Stores`:
+    window rows and state snapshots), freed when the node is dropped."""
+
+    def release(self, window_slots: array, snapshots: array) -> None: ...
+
+    def sizes(self) -> dict[str, int]:
+        """``window_tokens``, ``snapshots``, ``snapshot_capacity``, ``bytes_used`` and
+        ``bytes_reserved`` of these pools."""
+        ...
 
 
 class Pools:
@@ -36,7 +45,7 @@ class Pools:
     """
 
     def __init__(
-        self, tree: RadixTree, device: KVPool, host: KVPool | None, counters: Counters, stores: Stores | None = None
+        self, tree: RadixTree, device: KVPool, host: KVPool | None, counters: Counters, stores: SidePools | None = None
     ) -> None:
         self.tree = tree
         self.device = device
@@ -210,32 +219,22 @@ class Pools:
     def sizes(self) -> dict[str, int]:
         """What :class:`CacheStats` reports of the tree and the pools now."""
         tree, pool, host = self.tree, self.device, self.host
+        side = self.stores.sizes() if self.stores is not None else {}
         return {
             "cached_tokens": tree.tier_size(DEVICE),
             "pinned_tokens": tree.pinned_size,
             "capacity_tokens": pool.capacity,
-            "bytes_used": pool.n_used * pool.bytes_per_token + self._store_bytes(used=True),
-            "bytes_reserved": pool.reserved_bytes + self._store_bytes(used=False),
-            "window_tokens": self.stores.window.n_used if self.stores and self.stores.window else 0,
-            "snapshots": self.stores.snapshots.n_used if self.stores and self.stores.snapshots else 0,
-            "snapshot_capacity": self.stores.snapshots.capacity if self.stores and self.stores.snapshots else 0,
+            "bytes_used": pool.n_used * pool.bytes_per_token + side.get("bytes_used", 0),
+            "bytes_reserved": pool.reserved_bytes + side.get("bytes_reserved", 0),
+            "window_tokens": side.get("window_tokens", 0),
+            "snapshots": side.get("snapshots", 0),
+            "snapshot_capacity": side.get("snapshot_capacity", 0),
             "nodes": tree.n_nodes,
             "host_cached_tokens": tree.tier_size(HOST),
             "host_capacity_tokens": host.capacity if host is not None else 0,
             "host_bytes_used": host.n_used * host.bytes_per_token if host is not None else 0,
             "host_bytes_reserved": host.reserved_bytes if host is not None else 0,
         }
-
-    def _store_bytes(self, *, used: bool) -> int:
-        """Bytes the window and snapshot pools hold (``used``) or take."""
-        stores, total = self.stores, 0
-        if stores is not None and stores.window is not None:
-            window = stores.window
-            total += window.n_used * window.bytes_per_token if used else window.reserved_bytes
-        if stores is not None and stores.snapshots is not None:
-            snapshots = stores.snapshots
-            total += snapshots.n_used * snapshots.bytes_per_snapshot if used else snapshots.reserved_bytes
-        return total
 
     def release(self, out: EvictResult) -> None:
         """Give the slots of dropped nodes back to their pools and count the tokens."""

@@ -185,6 +185,21 @@ class Stores:
             raise
         node.wslots = slots + node.wslots
 
+    def sizes(self) -> dict[str, int]:
+        """What the window and snapshot pools hold and take (see :class:`prefixcache.pools.SidePools`)."""
+        window, snapshots = self.window, self.snapshots
+        out = {"window_tokens": 0, "snapshots": 0, "snapshot_capacity": 0, "bytes_used": 0, "bytes_reserved": 0}
+        if window is not None:
+            out["window_tokens"] = window.n_used
+            out["bytes_used"] += window.n_used * window.bytes_per_token
+            out["bytes_reserved"] += window.reserved_bytes
+        if snapshots is not None:
+            out["snapshots"] = snapshots.n_used
+            out["snapshot_capacity"] = snapshots.capacity
+            out["bytes_used"] += snapshots.n_used * snapshots.bytes_per_snapshot
+            out["bytes_reserved"] += snapshots.reserved_bytes
+        return out
+
     def release(self, window_slots: array, snapshots: array) -> None:
         """Give the window rows and snapshots of dropped nodes back to their pools."""
         if window_slots and self.window is not None:

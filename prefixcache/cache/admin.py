@@ -9,8 +9,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-from ..arguments import as_tokens, check_count, check_namespace
-from ..config import parse_budget
+from ..arguments import as_tokens, check_count, check_namespace, parse_budget
 from ..stores import split_budget
 from .core import CacheCore
 

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from transformers import DynamicCache, GenerationMixin, cache_utils
 from transformers.cache_utils import DynamicLayer
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from ..kv.layout import LayerKV
 
@@ -31,13 +32,16 @@ __all__ = [
     "empty_cache",
     "expand_rows",
     "fill_parts",
+    "is_dynamic_cache",
     "kv_of",
     "layer_roles",
+    "model_cache",
     "new_layers",
     "prompt_cache",
     "read_parts",
     "record_window",
     "returned_cache",
+    "rope_types",
     "state_tensors",
 ]
 
@@ -141,12 +145,28 @@ class CacheBuilder:
         return cache
 
 
+def rope_types() -> frozenset[str]:
+    """The ``rope_type`` names this transformers release initialises rotary embeddings for."""
+    return frozenset(ROPE_INIT_FUNCTIONS)
+
+
+def model_cache(model: Any) -> DynamicCache:
+    """A new, empty DynamicCache laid out for ``model`` (one layer object per layer, of the
+    kind its config names: full, sliding window, linear attention, ...)."""
+    return DynamicCache(config=model.config)
+
+
+def is_dynamic_cache(cache: Any) -> bool:
+    """Whether ``cache`` is a DynamicCache (the only cache class the cache reads and builds)."""
+    return isinstance(cache, DynamicCache)
+
+
 def prompt_cache(model: Any, input_ids: torch.Tensor) -> DynamicCache:
     """The KV of ``input_ids`` in a DynamicCache, by one forward pass: the prompt-reuse
     recipe of the transformers documentation (copy it before each ``generate``)."""
     keywords = CacheKeywords.of(model)
     with torch.no_grad():
-        out = model(input_ids=input_ids, use_cache=True, **keywords.to_forward(DynamicCache(config=model.config)))
+        out = model(input_ids=input_ids, use_cache=True, **keywords.to_forward(model_cache(model)))
     return returned_cache(out)
 
 

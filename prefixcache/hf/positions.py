@@ -28,13 +28,12 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
-from transformers import DynamicCache
 
 from .batch import Batch, position_ids
 
 if TYPE_CHECKING:
     from .layers import ModelLayers
-from .kvcache import CacheKeywords, Parts, returned_cache
+from .kvcache import CacheKeywords, Parts, model_cache, returned_cache
 
 __all__ = ["NATIVE_POSITIONS", "NOISE_CEILING", "Positions", "probe_positions"]
 
@@ -101,9 +100,7 @@ def probe_positions(
     own = False
     with torch.no_grad():
         numbering = {"position_ids": torch.arange(n, device=ids.device)[None]} if takes_ids else {}
-        alone = model(
-            input_ids=ids, use_cache=True, **keywords.to_forward(DynamicCache(config=model.config)), **numbering
-        )
+        alone = model(input_ids=ids, use_cache=True, **keywords.to_forward(model_cache(model)), **numbering)
         if takes_ids:
             own = _difference(alone.logits, whole) > allowed * _scale(whole)
         padded_ids = torch.cat([ids[:, :1].expand(1, _PAD), ids], dim=1)  # masked out: any id pads
@@ -114,7 +111,7 @@ def probe_positions(
             input_ids=padded_ids,
             attention_mask=mask,
             use_cache=True,
-            **keywords.to_forward(DynamicCache(config=model.config)),
+            **keywords.to_forward(model_cache(model)),
             **({"position_ids": numbered} if takes_ids else {}),
         )
         # A padded row on top of a cache: what a padded row that reuses KV is computed as.
@@ -123,7 +120,7 @@ def probe_positions(
             input_ids=padded_ids[:, :split],
             attention_mask=mask[:, :split],
             use_cache=True,
-            **keywords.to_forward(DynamicCache(config=model.config)),
+            **keywords.to_forward(model_cache(model)),
             **({"position_ids": numbered[:, :split]} if takes_ids else {}),
         )
         cache = returned_cache(first)

@@ -19,12 +19,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-from transformers import DynamicCache
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from ..errors import UnsupportedModelError
 from ..rope import RopeKind, RopeRule, classify, probe_pairs, probe_thresholds
-from .kvcache import CacheKeywords, returned_cache
+from .kvcache import CacheKeywords, is_dynamic_cache, model_cache, returned_cache, rope_types
 from .layers import ModelLayers
 from .positions import NOISE_CEILING, Positions, probe_positions
 
@@ -54,7 +52,7 @@ def rope_rule(model: Any) -> RopeRule:
     config = model.config
     name = getattr(config, "model_type", type(config).__name__)
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    rule = classify(text, known_types=ROPE_INIT_FUNCTIONS, module_types=_rotary_module_types(model))
+    rule = classify(text, known_types=rope_types(), module_types=_rotary_module_types(model))
     if rule.kind is RopeKind.UNKNOWN:
         raise UnsupportedModelError(
             f"model type {name!r}: {rule.why}; reusing its cached prefixes could change its outputs"
@@ -99,13 +97,13 @@ def probe(model: Any, *, check: bool, rope: RopeRule) -> Probed:
     keywords = CacheKeywords.of(model)
     with torch.no_grad():
         try:
-            whole = model(input_ids=ids, use_cache=True, **keywords.to_forward(DynamicCache(config=model.config)))
+            whole = model(input_ids=ids, use_cache=True, **keywords.to_forward(model_cache(model)))
         except Exception as err:
             raise UnsupportedModelError(
                 f"model type {name!r}: a forward pass with a DynamicCache failed ({type(err).__name__}: {err})"
             ) from err
         returned = returned_cache(whole)
-        if not isinstance(returned, DynamicCache):
+        if not is_dynamic_cache(returned):
             raise UnsupportedModelError(
                 f"model type {name!r}: its cache after a forward pass is {type(returned).__name__}, not a DynamicCache"
             )
@@ -176,7 +174,7 @@ def _split_difference(
         if whole_logits is None:
             whole_logits = model(input_ids=ids, use_cache=False).logits
         keywords = CacheKeywords.of(model)
-        empty = DynamicCache(config=model.config)
+        empty = model_cache(model)
         first = model(input_ids=ids[:, :split], use_cache=True, **keywords.to_forward(empty))
         rest = model(input_ids=ids[:, split:], use_cache=True, **keywords.to_forward(returned_cache(first)))
     want = whole_logits[:, split:].double()
@@ -245,7 +243,7 @@ def _check_generate(model: Any, ids: torch.Tensor, name: str, noise: float, keyw
         pad_token_id=pad if pad is not None else (eos if isinstance(eos, int) else 0),
     )
     plain = model.generate(ids, **options)
-    given = model.generate(ids, **options, **keywords.to_generate(DynamicCache(config=model.config)))
+    given = model.generate(ids, **options, **keywords.to_generate(model_cache(model)))
     steps = min(len(plain.logits), len(given.logits))
     want = torch.stack(plain.logits[:steps]).double()
     got = torch.stack(given.logits[:steps]).double()

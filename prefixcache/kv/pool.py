@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..config import parse_budget
+from ..arguments import parse_budget
 from ..errors import PoolExhaustedError
 from .int8 import Int8Codec
 from .layout import KVLayout, LayerKV, LayerSpec

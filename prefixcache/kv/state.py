@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..config import parse_budget
+from ..arguments import parse_budget
 
 __all__ = ["SnapshotPool", "StateLayout", "StateSpec"]
 
