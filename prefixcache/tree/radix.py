@@ -25,12 +25,12 @@ import sys
 import time
 from array import array
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from functools import partial
 
 from .check import check_tree
 from .node import (
     DEVICE,
     HOST,
-    NO_SLOTS,
     EvictResult,
     InsertResult,
     MatchResult,
@@ -40,7 +40,7 @@ from .node import (
     Run,
     Tier,
     as_run,
-    common_length,
+    common_length_raw,
     namespace_key,
     namespace_of,
     path_length,
@@ -53,6 +53,11 @@ __all__ = ["RadixTree"]
 
 ALL = sys.maxsize
 """``evict(ALL, tier)``: everything evictable in the tier."""
+
+# A NamedTuple's __new__ is Python code, 0.2-0.3 us a call: a few % of an insert or a match.
+# tuple.__new__ makes the same object in C.
+_insert_result = partial(tuple.__new__, InsertResult)
+_match_result = partial(tuple.__new__, MatchResult)
 
 
 class RadixTree:
@@ -147,16 +152,16 @@ class RadixTree:
         toks = as_run(tokens)
         node: Node | None = self._roots.get(namespace_key(namespace))
         pos, n = 0, len(toks)
+        raw, width = toks.tobytes(), toks.itemsize  # as in _walk
         while node is not None and pos < n:
             child = node.children.get(toks[pos])
             if child is None:
                 break
             key = child.key
-            if toks[pos : pos + len(key)] == key:
-                pos += len(key)
-                node = child
-            else:
-                return pos + common_length(key, toks, pos)
+            if not raw.startswith(key, pos * width):
+                return pos + common_length_raw(key, raw, pos)
+            pos += len(key)
+            node = child
         return pos
 
     def owned_slots(self, tier: Tier = DEVICE) -> Iterator[int]:
@@ -187,13 +192,18 @@ class RadixTree:
         root = self._roots.get(namespace_key(namespace))
         if root is None:
             return MatchResult(0, array("q"), None)
-        return self._walk(root, toks, 0, self._tick())
+        length, node, parts = self._walk(root, toks, 0, self._tick())
+        return _match_result((length, array("q", b"".join(parts)), node))
 
-    def descend(self, node: Node | None, tokens: Sequence[int], start: int, namespace: Hashable = None) -> MatchResult:
+    def descend(
+        self, node: Node | None, tokens: Sequence[int], start: int, namespace: Hashable = None, *, slots: bool = True
+    ) -> MatchResult:
         """Go on matching ``tokens[start:]`` below ``node``, whose path holds ``tokens[:start]``
         (``None`` or a root: from the root of ``namespace``), touching and splitting as
         :meth:`match` does. The result's ``length`` counts from the start of ``tokens``;
-        its ``slots`` are those of ``tokens[start:length]``. O(length - start + depth below)."""
+        its ``slots`` are those of ``tokens[start:length]``, or empty with ``slots=False``
+        (for a caller that only needs where the path ends: the copy is skipped).
+        O(length - start + depth below)."""
         toks = as_run(tokens)
         tick = self._tick()
         if node is None or node.parent is None:
@@ -203,7 +213,8 @@ class RadixTree:
             node = root
         else:
             self._touch_path(node, tick)
-        return self._walk(node, toks, start, tick)
+        length, end, parts = self._walk(node, toks, start, tick)
+        return _match_result((length, array("q", b"".join(parts)) if slots else array("q"), end))
 
     def attach(self, node: Node | None, tokens: Run, slots: array, namespace: Hashable = None) -> Node:
         """Hang a new device leaf holding ``tokens`` (non-empty) and ``slots`` under ``node``
@@ -220,19 +231,9 @@ class RadixTree:
                 root = self._roots[key] = Root(namespace, tick)
             node = root
         self._touch_path(node, tick)
-        if node.tier != DEVICE:
-            raise ValueError("node: the cached part ends on the host tier; move it to the device first")
         if tokens[0] in node.children:
             raise ValueError(f"tokens: {node!r} already has a child starting with token {tokens[0]}")
-        self._order.remove_if_candidate(node)  # it gets a device child
-        leaf = Node(tokens, slots, node, tick)
-        node.children[tokens[0]] = leaf
-        node.device_children += 1
-        self._order.add(leaf)
-        self._size += len(tokens)
-        self._tier_size[DEVICE] += len(tokens)
-        self._n_nodes += 1
-        return leaf
+        return self._hang(node, tokens, slots, tick)
 
     def insert(self, tokens: Sequence[int], slots: array, namespace: Hashable = None) -> InsertResult:
         """Cache ``tokens`` with ``slots`` (one per token) and touch the path.
@@ -241,7 +242,8 @@ class RadixTree:
         ``result.prefix_length`` says how many given slots were not taken.
         O(len(tokens) + depth) plus O(log n) for the eviction order.
 
-        Raises ``ValueError`` when ``len(slots) != len(tokens)``.
+        Raises ``ValueError`` when ``len(slots) != len(tokens)``, and when the cached part
+        ends on the host tier (after touching it: move it to the device first).
 
         >>> tree = RadixTree()
         >>> tree.insert([1, 2], array("q", [0, 1])).prefix_length
@@ -249,40 +251,64 @@ class RadixTree:
         >>> tree.insert([1, 2, 3], array("q", [7, 8, 2])).prefix_length   # 7 and 8 are the caller's to free
         2
         """
+        # What descend(slots=False) then attach do, less the checks a walk from the root makes needless.
         toks = as_run(tokens)
-        if len(slots) != len(toks):
-            raise ValueError(f"slots: expected one slot per token ({len(toks)}), got {len(slots)}")
-        found = self.descend(None, toks, 0, namespace)
-        if found.length == len(toks):
-            return InsertResult(found.length, found.node if found.node is not None else Root(namespace, 0))
-        leaf = self.attach(found.node, toks[found.length :], slots[found.length :], namespace)
-        return InsertResult(found.length, leaf)
+        n = len(toks)
+        if len(slots) != n:
+            raise ValueError(f"slots: expected one slot per token ({n}), got {len(slots)}")
+        tick = self._tick()
+        key = namespace_key(namespace)
+        root = self._roots.get(key)
+        if root is None:
+            if not n:
+                return InsertResult(0, Root(namespace, 0))  # nothing to hold: no root is kept
+            root = self._roots[key] = Root(namespace, tick)
+        length, node, _ = self._walk(root, toks, 0, tick)
+        if length == n:
+            return _insert_result((length, node))
+        return _insert_result((length, self._hang(node, toks[length:], slots[length:], tick)))
 
-    def _walk(self, top: Node, toks: Run, pos: int, tick: int) -> MatchResult:
+    def _hang(self, node: Node, tokens: Run, slots: array, tick: int) -> Node:
+        """Hang a new device leaf under ``node`` (touched at ``tick``, no child starting with ``tokens[0]``)."""
+        if node.tier != DEVICE:
+            raise ValueError("node: the cached part ends on the host tier; move it to the device first")
+        lists = self._lists
+        if not node.device_children and is_candidate(node):
+            lists[DEVICE].remove(node)  # it gets a device child
+        leaf = Node(tokens, slots, node, tick)
+        node.children[tokens[0]] = leaf
+        node.device_children += 1
+        lists[DEVICE].add(leaf)
+        n = len(tokens)
+        self._size += n
+        self._tier_size[DEVICE] += n
+        self._n_nodes += 1
+        return leaf
+
+    def _walk(self, top: Node, toks: Run, pos: int, tick: int) -> tuple[int, Node, list[array]]:
         """Follow ``toks[pos:]`` down from ``top``, touching each node; split the last edge
-        where the match ends inside it."""
-        node: Node = top
+        where the match ends inside it. Returns where the match ends, the node that ends there,
+        and the slots of each node on the way (to join, or not)."""
         if top.parent is None:
             top.tick = tick
+        node: Node = top
         n = len(toks)
+        raw, width = toks.tobytes(), toks.itemsize  # an edge is compared in place: no slice of toks
         children = top.children
+        lists = self._lists
         relist: list[Node] = []
         parts: list[array] = []
         append = parts.append
-        lists = self._lists
         while pos < n:
             child = children.get(toks[pos])
             if child is None:
                 break
             key = child.key
             end = pos + len(key)
-            if toks[pos:end] != key:
-                common = common_length(key, toks, pos)
-                child = self._split(child, common)  # new, so in no list yet
-                end = pos + common
-                n = end  # stop after this node: the match ends inside the old edge
-                if is_candidate(child):
-                    relist.append(child)
+            if not raw.startswith(key, pos * width):  # the match ends inside this edge
+                end = pos + common_length_raw(key, raw, pos)
+                child = self._split(child, end - pos)  # new, and never a candidate: it has a child
+                n = end
             # A candidate is listed under its tick: unlist it before the tick changes. (A node
             # with a device child never is one: most of a path is rejected without a call.)
             elif not child.device_children and is_candidate(child):
@@ -293,14 +319,14 @@ class RadixTree:
             node, pos, children = child, end, child.children
         for listed in relist:
             lists[listed.tier].add(listed)
-        return MatchResult(pos, array("q", b"".join(parts)), node)
+        return pos, node, parts
 
     def _touch_path(self, node: Node, tick: int) -> None:
         """Touch ``node`` and its ancestors with ``tick``, the latest (a node is never touched
         after its parent, so the walk stops at the first node already at ``tick``)."""
         cur: Node | None = node
         while cur is not None and cur.tick != tick:
-            listed = is_candidate(cur)
+            listed = not cur.device_children and is_candidate(cur)  # (never one with a device child)
             if listed:
                 self._order.remove(cur)
             cur.tick = tick
@@ -344,17 +370,19 @@ class RadixTree:
         """
         lists = self._lists
         cur = node
+        newly = 0  # tokens of the nodes this pin is the first of
         while cur is not None and cur.parent is not None:
             if cur.pins:  # so are all its ancestors: count the pin and go
                 while cur.parent is not None:
                     cur.pins += 1
                     cur = cur.parent
-                return
-            if is_candidate(cur):
+                break
+            if not cur.device_children and is_candidate(cur):  # (never one with a device child)
                 lists[cur.tier].remove(cur)
-            self._pinned_size += len(cur.key)
+            newly += len(cur.key)
             cur.pins = 1
             cur = cur.parent
+        self._pinned_size += newly
 
     def unpin(self, node: Node | None) -> None:
         """Undo one :meth:`pin` of ``node``. O(depth + log n).
@@ -365,6 +393,7 @@ class RadixTree:
             raise ValueError(f"node: {node!r} is not pinned")
         lists = self._lists
         cur = node
+        freed = 0  # tokens of the nodes this unpin was the last pin of
         while cur is not None and cur.parent is not None:
             cur.pins -= 1
             if cur.pins:  # still pinned, and so are all its ancestors: uncount the pin and go
@@ -372,11 +401,12 @@ class RadixTree:
                 while cur.parent is not None:
                     cur.pins -= 1
                     cur = cur.parent
-                return
-            self._pinned_size -= len(cur.key)
-            if is_candidate(cur):
+                break
+            freed += len(cur.key)
+            if not cur.device_children and is_candidate(cur):  # (never one with a device child)
                 lists[cur.tier].add(cur)
             cur = cur.parent
+        self._pinned_size -= freed
 
     # -- eviction -----------------------------------------------------------
 
@@ -406,6 +436,7 @@ class RadixTree:
             raise ValueError(f"n_tokens: expected an int >= 0, got {n_tokens!r}")
         freed = total = moved = 0
         slots, host_slots, window, snapshots = array("q"), array("q"), array("q"), array("q")
+        tier_slots = slots if tier == DEVICE else host_slots
         candidates = self._order.of(tier)
         while freed < n_tokens and candidates:
             victim = candidates[0]
@@ -415,51 +446,52 @@ class RadixTree:
                 freed += len(victim.key)
                 moved += len(victim.key)
                 continue
-            out = self.drop(victim)
-            total += out.n_tokens
-            slots += out.slots
-            host_slots += out.host_slots
-            window += out.window_slots
-            snapshots += out.snapshots
-            freed += len(out.slots) if tier == DEVICE else len(out.host_slots)
+            before = len(tier_slots)
+            total += self._drop(victim, slots, host_slots, window, snapshots)
+            freed += len(tier_slots) - before
         return EvictResult(total, slots, host_slots, moved, window, snapshots)
 
     def drop(self, node: Node) -> EvictResult:
-        """Remove ``node`` and everything below it (all unpinned). O(k log n) for k nodes."""
+        """Remove ``node`` and everything below it (all unpinned). O(k log n) for k nodes.
+
+        Raises ``ValueError`` when ``node`` is pinned or a root.
+        """
         if node.pins or node.parent is None:
             raise ValueError(f"node: {node!r} is pinned or a root; only unpinned nodes can be dropped")
+        slots, host_slots, window, snapshots = array("q"), array("q"), array("q"), array("q")
+        n = self._drop(node, slots, host_slots, window, snapshots)
+        return EvictResult(n, slots, host_slots, 0, window, snapshots)
+
+    def _drop(self, node: Node, slots: array, host_slots: array, window: array, snapshots: array) -> int:
+        """Remove ``node`` (unpinned, not a root) and everything below it, adding what they held to
+        the arrays; returns how many tokens went."""
         parent = node.parent
+        assert parent is not None
         parent_listed = is_candidate(parent)  # losing a child never unlists it
         lists = self._lists
-        if not node.children:  # the common case: an unpinned leaf, listed as a candidate
-            lists[node.tier].remove(node)
-            slots, host_slots = (node.slots, array("q")) if node.tier == DEVICE else (array("q"), node.slots)
-            window = node.wslots
-            snapshots = array("q", [node.snap]) if node.snap >= 0 else NO_SLOTS
-            self._tier_size[node.tier] -= len(node.key)
-            self._n_nodes -= 1
-        else:
-            slots, host_slots, window, snapshots = array("q"), array("q"), array("q"), array("q")
-            for sub in self._subtree(node):
-                if is_candidate(sub):
-                    lists[sub.tier].remove(sub)
-                (slots if sub.tier == DEVICE else host_slots).extend(sub.slots)
+        tier_size = self._tier_size
+        n = 0
+        for sub in (node,) if not node.children else self._subtree(node):  # mostly a leaf
+            if is_candidate(sub):
+                lists[sub.tier].remove(sub)
+            (slots if sub.tier == DEVICE else host_slots).extend(sub.slots)
+            if sub.wslots:
                 window.extend(sub.wslots)
-                if sub.snap >= 0:
-                    snapshots.append(sub.snap)
-                self._tier_size[sub.tier] -= len(sub.key)
-                self._n_nodes -= 1
+            if sub.snap >= 0:
+                snapshots.append(sub.snap)
+            tier_size[sub.tier] -= len(sub.key)
+            n += len(sub.key)
+            self._n_nodes -= 1
         del parent.children[node.key[0]]
         if node.tier == DEVICE:
             parent.device_children -= 1
-        n = len(slots) + len(host_slots)
         self._size -= n
         if isinstance(parent, Root):
             if not parent.children:
                 del self._roots[parent.lookup]
         elif not parent_listed and is_candidate(parent):
             lists[parent.tier].add(parent)
-        return EvictResult(n, slots, host_slots, 0, window, snapshots)
+        return n
 
     def move(self, node: Node, tier: Tier, slots: array) -> None:
         """Record that ``node``'s KV now lives in ``tier`` at ``slots``; the old slots are the caller's.
@@ -521,14 +553,13 @@ class RadixTree:
 
     # -- checking -----------------------------------------------------------
 
-    def candidates(self, tier: Tier) -> list[Node]:
-        """The nodes eviction may take from ``tier``, least recently used first. O(k)."""
-        return list(self._order.of(tier))
-
-    def roots(self) -> list[Root]:
-        """The root of every namespace that holds something."""
-        return list(self._roots.values())
-
     def _check(self) -> None:
-        """Assert every structural invariant (see :func:`prefixcache.tree.check.check_tree`). O(n)."""
-        check_tree(self)
+        """Assert every structural invariant (see :mod:`prefixcache.tree.check`). O(n)."""
+        check_tree(
+            self._roots,
+            self._order,
+            size=self._size,
+            tier_size=self._tier_size,
+            pinned_size=self._pinned_size,
+            n_nodes=self._n_nodes,
+        )
