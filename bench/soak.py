@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import prefixcache
 from prefixcache import CachedModel
-from prefixcache.hf import transformers_version
+from prefixcache.hf import left_pad, transformers_version
 
 LOGIT_TOLERANCE = 1e-4  # float32
 
@@ -97,12 +97,7 @@ class Stream:
         if roll < 0.9:
             return Request("generate", torch.tensor([self.fresh(rng.randint(32, 128))]), None, 2, namespace)
         rows = [self.fewshot() for _ in range(rng.randint(2, 4))]
-        width = max(map(len, rows))
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, row in enumerate(rows):
-            ids[r, width - len(row) :] = torch.tensor(row)
-            mask[r, width - len(row) :] = 1
+        ids, mask = left_pad(rows)
         return Request("generate", ids, mask, 1, None)
 
     def reply(self, req: Request, out: Any) -> None:

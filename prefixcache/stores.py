@@ -269,7 +269,7 @@ def store_parts(
     tree.pin(cur)
     try:
         for end in ends:
-            found = tree.descend(cur, toks[:end], at, namespace)
+            found = tree.descend(cur, toks[:end], at, namespace, slots=False)
             below, reached = found.node, found.length
             tree.pin(below)
             tree.unpin(cur)

@@ -30,6 +30,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 import prefixcache
+from prefixcache.hf.batch import left_pad
 
 MODEL_TYPES = sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 ROOT = str(Path(__file__).resolve().parents[1]) + "/"
@@ -491,17 +492,6 @@ def _pad_id(config: PretrainedConfig) -> int:
         if _int(value) and 0 <= value < VOCAB:
             return value
     return 0
-
-
-def left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rows`` as a left-padded batch and its attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = r
-        mask[i, width - len(r) :] = 1
-    return ids, mask
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:

@@ -78,13 +78,3 @@ def same_generation(cached: prefixcache.CachedModel, ids: torch.Tensor, new: int
     )
     want = greedy(cached.model, ids, new, mask)
     return torch.equal(got.sequences, want.sequences) and close(torch.stack(got.logits), torch.stack(want.logits))
-
-
-def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = r
-        mask[i, width - len(r) :] = 1
-    return ids, mask

@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 import prefixcache
 from prefixcache import CachedModel
+from prefixcache.hf.batch import left_pad
 
 from .hooked_model import TOKEN_BYTES, before_forward, greedy, logits, own_llama
 from .tiny_models import VOCAB
@@ -62,16 +63,6 @@ class Request:
     ids: torch.Tensor
     mask: torch.Tensor | None
     want: torch.Tensor  # greedy output, or logits of every position
-
-
-def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, row in enumerate(rows):
-        ids[r, width - len(row) :] = torch.tensor(row)
-        mask[r, width - len(row) :] = 1
-    return ids, mask
 
 
 def workload(seed: int) -> list[Request]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import prefixcache
+from prefixcache.hf.batch import left_pad
 from prefixcache.hf.kvcache import GENERATE_KEYWORD
 
 from .tiny_models import CONFIGS, CORE, VOCAB, tiny_model
@@ -103,16 +104,6 @@ def test_float32_stream_matches_within_tolerance(model_type: str) -> None:
         assert same, f"{model_type}: greedy tokens differ on '{name}'"
         assert diff <= FLOAT32_LOGIT_TOLERANCE, f"{model_type}: logits differ by {diff:.3g} on '{name}'"
     check_hits(results)
-
-
-def left_pad(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = r
-        mask[i, width - len(r) :] = 1
-    return ids, mask
 
 
 # Bloom's eager attention turns the uncached padded batch into NaN (pad queries attend

@@ -12,8 +12,9 @@ from transformers import AutoModelForCausalLM
 
 import prefixcache
 from prefixcache import UnsupportedModelError
+from prefixcache.hf.batch import left_pad
 
-from .architectures import build, left_pad, ordinary_ids, tiny_config
+from .architectures import build, ordinary_ids, tiny_config
 
 TOLERANCE = 1e-9
 

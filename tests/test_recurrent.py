@@ -9,9 +9,10 @@ import torch
 
 import prefixcache
 from prefixcache import UnsupportedModelError
+from prefixcache.hf.batch import left_pad
 
 from .architectures import build as build_architecture
-from .layer_kinds import build, close, left_pad, logits, same_generation, tokens
+from .layer_kinds import build, close, logits, same_generation, tokens
 
 RECURRENT = ["qwen3_5", "granite4", "falcon_h1", "lfm2", "mamba2"]
 INTERVAL = 8

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import prefixcache
+from prefixcache.hf.batch import left_pad
 
-from .layer_kinds import WINDOW, build, close, left_pad, logits, same_generation, tokens
+from .layer_kinds import WINDOW, build, close, logits, same_generation, tokens
 
 SLIDING = ["gemma3", "mistral", "gpt_oss", "llama4"]
 

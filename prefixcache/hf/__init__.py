@@ -14,6 +14,7 @@ that can be served. The only package that imports transformers.
 - :mod:`.models`: built-in presets and ``load_model``.
 """
 
+from .batch import left_pad
 from .kvcache import CacheKeywords, cache_from_kv, kv_of, prompt_cache, returned_cache
 from .model import CachedModel, PrefillResult, wrap
 from .models import PRESETS, load_model, transformers_version
@@ -26,6 +27,7 @@ __all__ = [
     "PrefillResult",
     "cache_from_kv",
     "kv_of",
+    "left_pad",
     "load_model",
     "prompt_cache",
     "returned_cache",

@@ -8,6 +8,7 @@ row's tokens are converted to the tree's ``array('i')`` here and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..arguments import TokenIds, as_tokens
 __all__ = [
     "Batch",
     "check_ids",
+    "left_pad",
     "position_ids",
     "read_batch",
     "sequences_per_prompt",
@@ -26,8 +28,6 @@ __all__ = [
 ]
 
 
-# generate() options under which the cache steps aside and the model runs as it is:
-# each changes what the prompt's forward pass must return or how its KV is laid out.
 @dataclass(frozen=True)
 class Batch:
     """A validated request: the batch, its mask, and each row's real tokens."""
@@ -196,6 +196,32 @@ def sequences_per_prompt(model: Any, kwargs: dict[str, Any]) -> tuple[int, bool]
     beams = int(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1)
     returned = int(kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1)
     return max(beams, returned), beams > 1
+
+
+def left_pad(
+    rows: Sequence[Sequence[int] | torch.Tensor], pad_id: int = 0, *, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` of token ids as one batch, as ``generate`` and :class:`CachedModel` take it:
+    ``input_ids`` ``[len(rows), longest]`` with ``pad_id`` before each shorter row, and the
+    ``attention_mask`` (1 on each row's tokens, 0 on its padding).
+
+    >>> ids, mask = left_pad([[5, 6, 7], [8]])
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
+    """
+    if not rows:
+        raise ValueError("rows: expected at least one row of token ids, got none")
+    tensors = [torch.as_tensor(row, dtype=torch.long) for row in rows]
+    for i, row in enumerate(tensors):
+        if row.dim() != 1 or row.numel() == 0:
+            raise ValueError(f"rows[{i}]: expected a non-empty sequence of token ids, got shape {list(row.shape)}")
+    width = max(row.numel() for row in tensors)
+    ids = torch.full((len(tensors), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(tensors), width), dtype=torch.long)
+    for i, row in enumerate(tensors):
+        ids[i, width - row.numel() :] = row
+        mask[i, width - row.numel() :] = 1
+    return ids.to(device) if device is not None else ids, mask.to(device) if device is not None else mask
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ positions (:mod:`.positions`), and builds the cache; each request then follows
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from collections.abc import Hashable
 from typing import Any
@@ -27,8 +28,6 @@ from .verify import Verifier, check_options
 
 __all__ = ["WRAP_OPTIONS", "CachedModel", "PrefillResult", "wrap"]
 
-WRAP_OPTIONS = ("config", "load", "check", "verify", "on_mismatch", "verify_seed")
-"""The options of :func:`wrap` besides :class:`CacheConfig`'s (what lm_eval's model passes on too)."""
 _CACHE_OPTIONS = tuple(f.name for f in dataclasses.fields(CacheConfig))
 
 
@@ -100,7 +99,7 @@ class CachedModel:
         check_options(verify, on_mismatch, verify_seed)
         for key in options:
             if key not in _CACHE_OPTIONS:
-                raise TypeError(f"{key}: no such option; the options are {', '.join((*_CACHE_OPTIONS, *WRAP_OPTIONS))}")
+                raise TypeError(f"{key}: no such option; the options are {', '.join(WRAP_OPTIONS)}")
         settings = CacheConfig.of(config, budget, **options)
         self.model: Any = model
         refuse_by_config(model.config)
@@ -235,3 +234,15 @@ class CachedModel:
         the same random state and without the streamer (see :mod:`.verify`).
         """
         return request.generate(self._serving, input_ids, attention_mask, namespace, kwargs)
+
+
+WRAP_OPTIONS = (
+    *_CACHE_OPTIONS,
+    *(
+        name
+        for name, parameter in inspect.signature(CachedModel.__init__).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ),
+)
+"""Every keyword :func:`wrap` takes: :class:`CacheConfig`'s options and :class:`CachedModel`'s own
+(what lm_eval's model hands to the cache rather than to ``HFLM``)."""

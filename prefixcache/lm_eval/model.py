@@ -18,7 +18,6 @@ about 1e-12 in float64), with the same ``is_greedy``.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 from collections.abc import Iterator
@@ -39,24 +38,13 @@ from lm_eval.models.utils_hf import stop_sequences_criteria
 from tqdm import tqdm
 
 from ..cache import PrefixCache
-from ..config import CacheConfig
 from ..hf import CachedModel, wrap
+from ..hf.batch import left_pad
+from ..hf.model import WRAP_OPTIONS
 
 __all__ = ["PrefixCacheLM"]
 
 logger = logging.getLogger("prefixcache")
-
-CACHE_OPTIONS = (
-    "budget",
-    *(f.name for f in dataclasses.fields(CacheConfig) if f.name != "budget"),
-    "config",
-    "load",
-    "check",
-    "verify",
-    "on_mismatch",
-    "verify_seed",
-)
-"""What ``PrefixCacheLM`` hands to :func:`prefixcache.wrap` rather than to ``HFLM``."""
 
 Request = tuple[Any, list[int], list[int]]
 """What ``_loglikelihood_tokens`` takes: ``(strings or None, context ids, continuation ids)``."""
@@ -83,7 +71,7 @@ class PrefixCacheLM(HFLM):
     """
 
     def __init__(self, pretrained: Any, **kwargs: Any) -> None:
-        options = {key: kwargs.pop(key) for key in CACHE_OPTIONS if key in kwargs}
+        options = {key: kwargs.pop(key) for key in WRAP_OPTIONS if key in kwargs}
         if not isinstance(pretrained, str):  # HFLM would ignore them: a misspelt option must not pass unseen
             known = inspect.signature(HFLM.__init__).parameters
             unknown = sorted(key for key in kwargs if key not in known)
@@ -91,7 +79,7 @@ class PrefixCacheLM(HFLM):
                 raise TypeError(
                     f"{unknown[0]}: no such option for a model object; the options are HFLM's "
                     f"({', '.join(k for k in known if k not in ('self', 'kwargs'))}) and the cache's "
-                    f"({', '.join(CACHE_OPTIONS)})"
+                    f"({', '.join(WRAP_OPTIONS)})"
                 )
         super().__init__(pretrained, **kwargs)
         if self.backend != "causal":
@@ -174,12 +162,7 @@ class PrefixCacheLM(HFLM):
                 )
             rows.append((context + continuation)[-(self.max_length + 1) :][:-1])
         cont_lengths = [len(req[2]) for req in chunk]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
+        ids, mask = left_pad(rows, device=self.device)
         reusable = min(len(row) - n for row, n in zip(rows, cont_lengths, strict=True))
         if len(rows) > 1:
             # A batch reuses only what every row has cached: compute the rows' shared start
@@ -190,8 +173,8 @@ class PrefixCacheLM(HFLM):
                     self.cached.warm(torch.tensor(shared, dtype=torch.long, device=self.device))
         with self._autocast():
             out = self.cached.prefill(
-                ids.to(self.device),
-                mask.to(self.device) if len(rows) > 1 else None,
+                ids,
+                mask if len(rows) > 1 else None,
                 max_cached_length=reusable,
                 logits_to_keep=max(cont_lengths),
             )
