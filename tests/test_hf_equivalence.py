@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 import prefixcache
 from prefixcache.hf.batch import left_pad
-from prefixcache.hf.kvcache import GENERATE_KEYWORD
+from prefixcache.hf.kvcache import GENERATE_KEYWORD, CacheBuilder
 
-from .tiny_models import CONFIGS, CORE, VOCAB, tiny_model
+from .tiny_models import CONFIGS, CORE, VOCAB, config_for, tiny_model
 
 # float64 logits agree to rounding (about 1e-16 here); float32 to this.
 FLOAT32_LOGIT_TOLERANCE = 1e-4
@@ -296,3 +297,25 @@ def test_max_cached_length_computes_the_logits_from_that_position_on() -> None:
     assert cached.prefill(prompt, max_cached_length=100).cached_length == prompt.shape[1] - 1
     with pytest.raises(ValueError, match="max_cached_length"):
         cached.prefill(prompt, max_cached_length=-1)
+
+
+@pytest.mark.parametrize("model_type", CORE)
+def test_a_cache_built_from_kv_is_the_one_its_updates_build(model_type: str) -> None:
+    """CacheBuilder fills a DynamicCache's layers directly (a request must not pay for
+    ``DynamicCache(config=...)`` each time): what it builds is what ``update`` builds,
+    attribute for attribute, and for full-attention models the direct way is taken."""
+    config = config_for(model_type)
+    builder = CacheBuilder(config)
+    reference = DynamicCache(config=config)
+    g = torch.Generator().manual_seed(0)
+    kv = [(torch.randn(1, 2, 5, 8, generator=g), torch.randn(1, 2, 5, 8, generator=g)) for _ in reference.layers]
+    for i, (keys, values) in enumerate(kv):
+        reference.update(keys, values, i)
+    built = builder.filled(kv)
+    assert builder._direct, f"{model_type}: the direct way was not taken; every request builds its cache the slow way"
+    assert len(built.layers) == len(reference.layers)
+    for ours, theirs in zip(built.layers, reference.layers, strict=True):
+        assert type(ours) is type(theirs)
+        assert set(vars(ours)) == set(vars(theirs)), "the layer differs from the one update() sets up"
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+    assert built.get_seq_length() == reference.get_seq_length() == 5

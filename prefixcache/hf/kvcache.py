@@ -103,12 +103,19 @@ class CacheBuilder:
         template = DynamicCache(config=config)
         self._n_layers = len(template.layers)
         self._direct = self._n_layers > 0 and all(type(layer) is DynamicLayer for layer in template.layers)
+        self._marks: tuple[str, ...] = ()
         if self._direct:
             self._direct = self._same_as_update(template)
 
     def _same_as_update(self, template: DynamicCache) -> bool:
         keys = torch.zeros(1, 1, 2, 1)
         template.update(keys, keys.clone(), 0)
+        # What the layer's first update records beside its tensors (its device, in some
+        # releases its dtype too): the direct way sets the same, or is not used.
+        marks = set(vars(template.layers[0])) - {"keys", "values", "is_initialized"}
+        if not marks <= {"device", "dtype"}:
+            return False
+        self._marks = tuple(sorted(marks))
         direct = self._fill(self.empty(), [(keys, keys.clone())] * self._n_layers)
         return set(vars(direct.layers[0])) == set(vars(template.layers[0])) and direct.get_seq_length() == 2
 
@@ -133,7 +140,8 @@ class CacheBuilder:
         for i, (keys, values) in enumerate(layers):
             layer: Any = cache.layers[i]
             if self._direct:
-                layer.dtype, layer.device = keys.dtype, keys.device
+                for mark in self._marks:
+                    setattr(layer, mark, getattr(keys, mark))
                 layer.keys, layer.values = keys, values
                 layer.is_initialized = True
             elif type(layer) is DynamicLayer:
