@@ -4,6 +4,8 @@ python -m prefixcache bench                         # few-shot workload, built-i
 python -m prefixcache bench --workload all --json out.json --plot out.png
 python -m prefixcache bench --budget 1GiB,64MiB,16MiB   # a budget sweep
 python -m prefixcache bench --workload chat --budget 16MiB --host-budget 1GiB   # with and without a host tier
+python -m prefixcache bench --preset gemma3 --workload longdoc --budget 128MiB --window-ratio 1,0.5,0.25
+python -m prefixcache bench --preset qwen3.5 --workload chat --snapshot-interval 256
 python -m prefixcache bench --model Qwen/Qwen2.5-0.5B --device cuda --dtype bfloat16
 python -m prefixcache bench --preset llama-1b --device cuda --dtype bfloat16 --systems no-cache,prefixcache,ideal,hf-cb
 python -m prefixcache bench --batch 8               # left-padded batches of 8, as evaluation harnesses send them
@@ -24,11 +26,13 @@ from typing import Any
 
 import torch
 
+from .bench.workloads import WORKLOADS
 from .config import parse_budget
+from .hf.models import PRESETS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_REQUESTS = {"fewshot": 100, "chat": 40, "unique": 40}
-QUICK_REQUESTS = {"fewshot": 12, "chat": 8, "unique": 6}
+DEFAULT_REQUESTS = {"fewshot": 100, "chat": 40, "longdoc": 24, "unique": 40}
+QUICK_REQUESTS = {"fewshot": 12, "chat": 8, "longdoc": 6, "unique": 6}
 SYSTEMS = ("no-cache", "hf-manual", "prefixcache", "ideal", "hf-cb")
 DEFAULT_SYSTEMS = "no-cache,hf-manual,prefixcache,ideal"
 OVERHEAD_MODELS = ("tiny", "default")
@@ -47,14 +51,30 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "--preset",
         default="default",
-        choices=["default", "tiny", "llama-1b"],
-        help="built-in config with seeded random weights: default (58M), tiny, llama-1b (Llama-3.2-1B's shape)",
+        choices=list(PRESETS),
+        help="built-in config with seeded random weights: default (58M), tiny, llama-1b (Llama-3.2-1B's shape), "
+        "gemma3 (51M, Gemma-3-shaped: sliding-window layers), qwen3.5 (58M, Qwen3.5-shaped: linear attention)",
     )
-    bench.add_argument("--workload", default="fewshot", choices=["fewshot", "chat", "unique", "all"])
-    bench.add_argument("--requests", type=int, help="requests per workload (default: 100 fewshot, 40 chat, 40 unique)")
+    bench.add_argument("--workload", default="fewshot", choices=[*WORKLOADS, "all"])
+    bench.add_argument(
+        "--requests", type=int, help="requests per workload (default: 100 fewshot, 40 chat, 24 longdoc, 40 unique)"
+    )
     bench.add_argument("--budget", default="1GiB", help="pool budget, or a comma-separated list for a sweep")
     bench.add_argument("--host-budget", help="also run each budget with a host tier of this size")
     bench.add_argument("--host-dtype", choices=["same", "int8"], default="same", help="the host tier's dtype")
+    bench.add_argument(
+        "--window-ratio",
+        help="prefixcache's window_ratio (sliding-window models: window rows per token of the pool; 1 holds "
+        "as much as storing every layer; default 0.5), or a comma-separated list to run each",
+    )
+    bench.add_argument(
+        "--state-share",
+        type=float,
+        help="prefixcache's state_share (recurrent models: the budget's share for snapshots)",
+    )
+    bench.add_argument(
+        "--snapshot-interval", type=int, help="prefixcache's snapshot_interval (recurrent models; tokens, 0: none)"
+    )
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     bench.add_argument("--seed", type=int, default=0)
@@ -87,7 +107,7 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .bench import report
     from .bench.runner import run_workload
     from .bench.systems import HfManual, Ideal, NoCache, PrefixCached, System
-    from .bench.workloads import make_workload
+    from .bench.workloads import make_workload, prompt_lengths
 
     budgets = [b.strip() for b in args.budget.split(",") if b.strip()]
     for budget in budgets:
@@ -106,6 +126,7 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--batch: expected at least 1, got {args.batch}")
     if args.model and args.preset != "default":
         parser.error("--model and --preset: give one of them")
+    ratios, options = _cache_options(args, parser)
     chosen = _systems(args.systems, parser)
     skipped: dict[str, str] = {}
     if args.batch > 1 and "hf-manual" in chosen:
@@ -137,7 +158,7 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"{name} not run: {why}")
 
     _warm_up(model, vocab, device)
-    names = ["fewshot", "chat", "unique"] if args.workload == "all" else [args.workload]
+    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     counts = QUICK_REQUESTS if args.quick else DEFAULT_REQUESTS
     host_dtype = torch.int8 if args.host_dtype == "int8" else None
     largest = max(parse_budget(b) for b in budgets)
@@ -146,6 +167,10 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         workload = make_workload(
             name, args.requests or counts[name], seed=args.seed, vocab=vocab, encode=encode, quick=args.quick
         )
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        longest = max(n + r.new_tokens for n, r in zip(prompt_lengths(workload), workload.requests, strict=True))
+        if isinstance(positions, int) and longest > positions:
+            print(f"note: workload {name} reaches {longest} positions, beyond the model's {positions}")
         systems: list[System] = []
         for system in chosen:
             if system == "no-cache":
@@ -157,13 +182,22 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             elif system == "hf-cb":
                 systems.append(_hf_cb(model, largest, workload, parser))
             else:
-                for budget in budgets:
-                    label = "prefixcache" if len(budgets) == 1 and not args.host_budget else f"prefixcache[{budget}]"
-                    systems.append(PrefixCached(model, budget, name=label))
+                for budget, ratio in [(b, r) for b in budgets for r in ratios]:
+                    # Labels: prefixcache, prefixcache[BUDGET], prefixcache[BUDGET wr=RATIO], each +host.
+                    key = budget if len(ratios) == 1 else f"{budget} wr={ratio}"
+                    opts = {**options, "window_ratio": ratio} if ratio is not None else options
+                    label = (
+                        "prefixcache"
+                        if len(budgets) == len(ratios) == 1 and not args.host_budget
+                        else f"prefixcache[{key}]"
+                    )
+                    systems.append(PrefixCached(model, budget, name=label, **opts))
                     if args.host_budget:
-                        label = f"prefixcache[{budget}+host{'-int8' if host_dtype else ''}]"
+                        label = f"prefixcache[{key}+host{'-int8' if host_dtype else ''}]"
                         systems.append(
-                            PrefixCached(model, budget, label, host_budget=args.host_budget, host_dtype=host_dtype)
+                            PrefixCached(
+                                model, budget, label, host_budget=args.host_budget, host_dtype=host_dtype, **opts
+                            )
                         )
         started = time.perf_counter()
         with _progress(len(workload.requests), name, disable=args.no_progress) as bar:
@@ -197,11 +231,40 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{args.model or 'built-in ' + args.preset}, {args.dtype} on {info.get('gpu', info['cpu'])}, "
             f"seed {args.seed}, batch {args.batch}"
         )
-        report.write_plot(args.plot, summaries, budgets=budgets, title=title)
+        report.write_plot(args.plot, summaries, budgets=budgets if len(ratios) == 1 else budgets[:1], title=title)
         print(f"plot written to {args.plot}")
     ok = all(s["outputs_identical"] for s in summaries.values())
     ok = ok and all(r.differing == 0 and r.hit_tokens == r.reusable_tokens for r in overhead.values())
     return 0 if ok else 1
+
+
+def _cache_options(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> tuple[list[float | None], dict[str, Any]]:
+    """The window ratios to run prefixcache with (``[None]``: wrap's default) and its other
+    options from the command line, checked as ``wrap`` checks them."""
+    from .config import CacheConfig
+
+    ratios: list[float | None] = [None]
+    if args.window_ratio is not None:
+        try:
+            ratios = [float(r) for r in args.window_ratio.split(",") if r.strip()]
+        except ValueError:
+            parser.error(f"--window-ratio: expected numbers in (0, 1], comma-separated; got {args.window_ratio!r}")
+        if not ratios or len(set(ratios)) != len(ratios):
+            parser.error(f"--window-ratio: expected distinct numbers in (0, 1], got {args.window_ratio!r}")
+    options: dict[str, Any] = {}
+    if args.state_share is not None:
+        options["state_share"] = args.state_share
+    if args.snapshot_interval is not None:
+        options["snapshot_interval"] = args.snapshot_interval
+    for ratio in ratios:
+        try:
+            values: dict[str, Any] = {**options, "window_ratio": ratio} if ratio is not None else options
+            CacheConfig.of(**values)
+        except (TypeError, ValueError) as err:
+            parser.error("--" + str(err).replace("_", "-", 1))
+    return ratios, options
 
 
 def _systems(spec: str, parser: argparse.ArgumentParser) -> list[str]:

@@ -67,3 +67,19 @@ def test_workloads_are_seeded_and_shaped_as_documented() -> None:
     assert all(r.follows is not None and r.follows < i for i, r in enumerate(chat.requests) if r not in firsts)
     unique = make_workload("unique", 5, seed=0, vocab=1000)
     assert len({r.tokens[:50] for r in unique.requests}) == 5
+
+
+def test_longdoc_asks_short_questions_about_long_documents_in_shuffled_order() -> None:
+    w = make_workload("longdoc", 24, seed=0, vocab=32000)
+    assert w.requests == make_workload("longdoc", 24, seed=0, vocab=32000).requests
+    docs = {r.group: r.tokens[: r.shared_prefix] for r in w.requests}
+    assert sorted(docs) == [0, 1, 2] and all(2000 <= len(d) <= 4000 for d in docs.values())
+    assert len(set(docs.values())) == 3
+    for r in w.requests:
+        assert r.tokens[: r.shared_prefix] == docs[r.group] and r.follows is None
+        assert 20 <= len(r.tokens) - r.shared_prefix <= 40 and r.new_tokens == 4
+        assert len(r.tokens) + r.new_tokens <= 4096  # within the default preset's positions
+    groups = [r.group for r in w.requests]
+    assert sorted(groups) == sorted(list(range(3)) * 8) and groups != sorted(groups)
+    quick = make_workload("longdoc", 6, seed=0, vocab=512, quick=True)
+    assert all(300 <= r.shared_prefix <= 500 and r.new_tokens == 2 for r in quick.requests)

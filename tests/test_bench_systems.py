@@ -19,9 +19,11 @@ from prefixcache.bench import report
 from prefixcache.bench.continuous import HfContinuousBatching
 from prefixcache.bench.overhead import STEPS, measure
 from prefixcache.bench.runner import run_workload
-from prefixcache.bench.systems import HfManual, NoCache
+from prefixcache.bench.systems import HfManual, Ideal, NoCache, PrefixCached
 from prefixcache.bench.workloads import Request, Workload, batches, make_workload, prompt_lengths
 from prefixcache.hf import PRESETS
+
+from . import layer_kinds
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -201,3 +203,84 @@ def test_systems_option_is_checked(systems: str, message: str, capsys: pytest.Ca
         main(["bench", "--preset", "tiny", "--systems", systems])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_gemma3_and_qwen3_5_presets_have_their_layer_patterns() -> None:
+    sizes = {}
+    for name in ("gemma3", "qwen3.5"):
+        options = dict(PRESETS[name])
+        config = AutoConfig.for_model(options.pop("model_type"), **options)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        sizes[name] = sum(p.numel() for p in model.parameters())
+        assert len(config.layer_types) == config.num_hidden_layers
+    assert 45e6 < sizes["gemma3"] < 65e6 and 45e6 < sizes["qwen3.5"] < 65e6
+    gemma = PRESETS["gemma3"]
+    assert (
+        gemma["layer_types"] == (["sliding_attention"] * 5 + ["full_attention"]) * 2 and gemma["sliding_window"] == 512
+    )
+    qwen = PRESETS["qwen3.5"]
+    assert qwen["layer_types"] == (["linear_attention"] * 3 + ["full_attention"]) * 2
+
+
+@pytest.mark.parametrize(("shape", "batch"), [("gemma3", 1), ("gemma3", 2), ("qwen3_5", 1), ("qwen3_5", 2)])
+def test_systems_match_no_cache_on_sliding_window_and_recurrent_models(shape: str, batch: int) -> None:
+    """Every system serves a model with sliding-window or linear-attention layers exactly,
+    ideal included (the model's own cache after the prefix), and prefixcache reports its pools."""
+    model = layer_kinds.build(shape)
+    vocab = model.config.vocab_size
+    workload = make_workload("longdoc", 9, seed=0, vocab=vocab, quick=True)
+    systems = [NoCache(model), PrefixCached(model, "64MiB", window_ratio=0.25, snapshot_interval=64), Ideal(model)]
+    if batch == 1:
+        systems.insert(1, HfManual(model))
+    result = run_workload(workload, systems, batch_size=batch)
+    assert set(result.mismatches.values()) == {0}
+    ours = result.systems["prefixcache"]
+    assert ours.hit_tokens is not None and ours.prompt_tokens and ours.memory is not None
+    # In a padded batch the rows reuse only what they share (counted from what the model computed).
+    assert 0 < ours.hit_tokens / ours.prompt_tokens <= result.best_hit_rate + 1e-12
+    memory = ours.memory
+    assert ours.peak_pool_bytes and ours.peak_pool_bytes > memory["cached_tokens_at_peak"] * memory["bytes_per_token"]
+    summary = report.summarize(result)
+    text = report.table("longdoc", summary)
+    assert "outputs identical to no-cache: yes" in text
+    if shape == "gemma3":
+        assert memory["window_bytes_per_token"] > 0 and memory["bytes_per_snapshot"] is None
+        # The window pool holds a quarter of a row per token of the pool.
+        per_token = memory["bytes_per_token"] + 0.25 * memory["window_bytes_per_token"]
+        assert memory["reserved_bytes_per_token"] == pytest.approx(per_token, rel=1e-3)
+        assert memory["bytes_per_cached_token"] < memory["bytes_per_token"] + memory["window_bytes_per_token"]
+        assert "window pool" in text and "window_ratio 0.25" in text
+    else:
+        assert memory["bytes_per_snapshot"] > 0 and memory["snapshots_at_peak"] > 0
+        assert "B/snapshot" in text and "snapshot_interval 64" in text
+    assert json.dumps(summary)  # plain data
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--window-ratio", "0.5,2"], "--window-ratio: expected a number in ("),
+        (["--window-ratio", "half"], "--window-ratio: expected numbers"),
+        (["--snapshot-interval", "-1"], "--snapshot-interval: expected an int >= 0"),
+        (["--state-share", "0"], "--state-share: expected a number in ("),
+    ],
+)
+def test_cache_options_are_checked(option: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--preset", "tiny", *option])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_reuse_in_a_padded_batch_counted_from_the_positions_fed_agrees_with_cached_lengths(tiny: Any) -> None:
+    """What a padded batch reuses is counted from each row's cached length for a model of full
+    attention only, and from the positions the model is given for any other: the same figure."""
+    workload = make_workload("fewshot", 12, seed=0, vocab=512, quick=True)
+    lengths, fed = PrefixCached(tiny, "64MiB", name="lengths"), PrefixCached(tiny, "64MiB", name="fed")
+    fed._count_fed = True
+    result = run_workload(workload, [NoCache(tiny), lengths, fed], batch_size=4)
+    assert set(result.mismatches.values()) == {0}
+    counted = result.systems["fed"].hit_tokens
+    assert counted == result.systems["lengths"].hit_tokens
+    assert counted is not None and 0 < counted < fed.cached.cache.stats.hit_tokens

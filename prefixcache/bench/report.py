@@ -13,7 +13,7 @@ import torch
 from .. import hf
 from .runner import WorkloadResult
 
-__all__ = ["machine", "overhead_table", "summarize", "table", "write_json", "write_plot"]
+__all__ = ["machine", "memory_line", "overhead_table", "summarize", "table", "write_json", "write_plot"]
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -100,12 +100,39 @@ def table(name: str, summary: dict[str, Any]) -> str:
                 f"{system}: {s['host_hit_tokens']} hit tokens came from the host tier; "
                 f"{s['bytes_to_host'] / 2**20:.1f} MiB moved to the host, {s['bytes_to_device'] / 2**20:.1f} MiB back"
             )
+        memory = s.get("memory")
+        if memory is not None and (memory["window_bytes_per_token"] or memory["bytes_per_snapshot"]):
+            lines.append(f"{system}: {memory_line(memory)}")
         if not s["exact"]:
             n = summary["requests"]
             agree = n - summary["mismatched_requests"][system]
             lines.append(f"{system}: greedy outputs equal to no-cache's on {agree} of {n} requests ({agree / n:.0%})")
     lines.extend(summary["notes"])
     return "\n".join(lines)
+
+
+def memory_line(m: dict[str, Any]) -> str:
+    """What a cache with a window pool or a snapshot pool holds: the bytes of a row and of a
+    snapshot, the budget's split, and what was held when the pools held the most bytes."""
+    parts = [f"pool {m['bytes_per_token']:,} B/token x {m['capacity_tokens']:,}"]
+    if m["window_bytes_per_token"]:
+        parts.append(f"window pool {m['window_bytes_per_token']:,} B/token x {m['window_capacity']:,}")
+    if m["bytes_per_snapshot"]:
+        parts.append(f"snapshot pool {m['bytes_per_snapshot']:,} B/snapshot x {m['snapshot_capacity']:,}")
+    held = f"{m['cached_tokens_at_peak']:,} tokens"
+    if m["window_bytes_per_token"]:
+        held += f", {m['window_tokens_at_peak']:,} window rows"
+    if m["bytes_per_snapshot"]:
+        held += f", {m['snapshots_at_peak']:,} snapshots"
+    line = "; ".join(parts) + f"; at the peak {held}"
+    if m["window_bytes_per_token"]:
+        per = m["bytes_per_cached_token"]
+        used = f"{per:,.0f}" if per is not None else "-"
+        line += (
+            f"; pool + window: {m['reserved_bytes_per_token']:,.0f} B per token it can hold, "
+            f"{used} B per token cached at the peak"
+        )
+    return line
 
 
 def _ms(ms: float) -> str:

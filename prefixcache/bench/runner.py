@@ -66,6 +66,8 @@ class SystemResult:
     host_hit_tokens: int | None = None
     bytes_to_host: int | None = None
     bytes_to_device: int | None = None
+    memory: dict[str, Any] | None = None
+    """For prefixcache: its pools' sizes and what they held at the peak (``PrefixCached.memory``)."""
 
     def summary(self, baseline: SystemResult | None, ideal: SystemResult | None) -> dict[str, Any]:
         total = sum(self.batch_s)
@@ -89,6 +91,8 @@ class SystemResult:
             "bytes_to_host": self.bytes_to_host,
             "bytes_to_device": self.bytes_to_device,
         }
+        if self.memory is not None:
+            out["memory"] = self.memory
         return out
 
 
@@ -192,7 +196,8 @@ def _record_cache(system: System, result: SystemResult) -> None:
         result.hit_rate_over_time.append(hits[0] / hits[1] if hits[1] else 0.0)
     if isinstance(system, PrefixCached):
         stats = system.cached.cache.stats
-        result.peak_pool_bytes = system.peak_bytes
+        result.peak_pool_bytes = system.peak_bytes  # the pool, the window pool and the snapshot pool
+        result.memory = system.memory()
         if system.cached.cache.host_pool is not None:
             result.host_hit_tokens = stats.host_hit_tokens
             result.bytes_to_host, result.bytes_to_device = stats.bytes_to_host, stats.bytes_to_device

@@ -15,7 +15,9 @@
   A row's prefix is the longest one any earlier batch's tokens (prompt and reply)
   share with its prompt, as an unbounded cache would hold. In a left-padded batch
   the rows share the cached length ``C = min(pad + prefix)``, as prefixcache's do.
-  No prefix cache can beat it.
+  No prefix cache can beat it. For a model whose cache is more than per-token KV
+  (sliding-window, chunked or recurrent layers) the prefix is the model's own
+  cache after a forward pass over the batch's first ``C`` positions, copied.
 - ``hf-cb`` (in :mod:`.continuous`): transformers' continuous batching with block sharing.
 
 A batch is the requests' prompts, left-padded (before the clock) into one tensor
@@ -34,6 +36,8 @@ import torch
 
 from .. import hf
 from ..hf import CachedModel
+from ..hf.kvcache import CacheBuilder, cache_layers
+from ..stats import CacheStats
 from .workloads import Request
 
 __all__ = ["Batch", "HfManual", "Ideal", "NoCache", "PrefixCached", "Served", "System", "left_pad"]
@@ -174,18 +178,27 @@ class PrefixCached(System):
         *,
         host_budget: int | str | None = None,
         host_dtype: torch.dtype | None = None,
+        **options: Any,
     ) -> None:
+        """``options``: more of ``wrap``'s (``window_ratio``, ``state_share``, ``snapshot_interval``)."""
         super().__init__(model)
         self.name = name
-        self.cached: CachedModel = hf.wrap(model, budget, host_budget=host_budget, host_dtype=host_dtype)
+        self.cached: CachedModel = hf.wrap(model, budget, host_budget=host_budget, host_dtype=host_dtype, **options)
         self.exact = host_dtype is None  # an int8 host tier may change outputs slightly
         self.peak_bytes = 0
+        self.at_peak: CacheStats | None = None
+        """The cache's stats after the request that left it holding the most bytes."""
         self._unused = 0
+        self._count_fed = not self.cached.cache.kinds.plain
+        """Count what a padded batch reuses from the positions the model is given (``run``),
+        not from each row's cached length (``prepare``)."""
 
     def prepare(self, batch: Batch, reusable: list[int]) -> Any:
         # The cache's stats count each row's match; a padded batch reuses less: every row
         # computes from the shared cached length C = min(pad + hit) on (see hf/model.py).
-        if len(batch.prompts) > 1:
+        # With window or recurrent layers C may be lower still (where every row can be cut),
+        # and a row's hit ends where its kinds of layers can serve it: ``run`` counts C then.
+        if len(batch.prompts) > 1 and not self._count_fed:
             cache = self.cached.cache
             hits = [min(cache.cached_length(p[0].cpu()), p.shape[1] - 1) for p in batch.prompts]
             shared = min(pad + hit for pad, hit in zip(batch.pads, hits, strict=True))
@@ -194,21 +207,83 @@ class PrefixCached(System):
 
     @torch.no_grad()
     def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
-        out = self.cached.generate(
-            batch.input_ids,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=batch.new_tokens,
-            min_new_tokens=batch.new_tokens,
-            do_sample=False,
-            pad_token_id=PAD_ID,
-            streamer=streamer,
-        )
-        self.peak_bytes = max(self.peak_bytes, self.cached.cache.stats.bytes_used)
+        counting = len(batch.prompts) > 1 and self._count_fed
+        fed: list[int] = []
+        before = self.cached.cache.stats.hit_tokens if counting else 0
+        handle = self.model.register_forward_pre_hook(_count_positions(fed), with_kwargs=True) if counting else None
+        try:
+            out = self.cached.generate(
+                batch.input_ids,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=batch.new_tokens,
+                min_new_tokens=batch.new_tokens,
+                do_sample=False,
+                pad_token_id=PAD_ID,
+                streamer=streamer,
+            )
+        finally:
+            if handle is not None:
+                handle.remove()
+        stats = self.cached.cache.stats
+        if counting:
+            # Positions fed to the model: the batch's from C on, then one per generated token
+            # but the first. Rows reuse C - pad each; the stats counted each row's own hit.
+            shared = batch.input_ids.shape[1] - (sum(fed) - (batch.new_tokens - 1))
+            used = sum(max(0, shared - pad) for pad in batch.pads)
+            self._unused += stats.hit_tokens - before - used
+        if self.at_peak is None or stats.bytes_used > self.peak_bytes:
+            self.peak_bytes, self.at_peak = stats.bytes_used, stats
         return Served(batch.rows(out))
+
+    def memory(self) -> dict[str, Any]:
+        """The sizes of the cache's pools and what they held at the peak (see :mod:`.runner`)."""
+        cache = self.cached.cache
+        pool, window, snapshots = cache.pool, cache.window_pool, cache.snapshot_pool
+        peak = self.at_peak or cache.stats
+        out: dict[str, Any] = {
+            "bytes_per_token": pool.bytes_per_token,
+            "capacity_tokens": pool.capacity,
+            "window_bytes_per_token": window.bytes_per_token if window is not None else None,
+            "window_capacity": window.capacity if window is not None else None,
+            "bytes_per_snapshot": snapshots.bytes_per_snapshot if snapshots is not None else None,
+            "snapshot_capacity": snapshots.capacity if snapshots is not None else None,
+            "cached_tokens_at_peak": peak.cached_tokens,
+            "window_tokens_at_peak": peak.window_tokens,
+            "snapshots_at_peak": peak.snapshots,
+        }
+        # Bytes per token of the pool and the window pool: as reserved (the budget's split,
+        # per token the pool can hold) and as used at the peak (per token cached then).
+        reserved = pool.reserved_bytes + (window.reserved_bytes if window is not None else 0)
+        out["reserved_bytes_per_token"] = reserved / pool.capacity if pool.capacity else None
+        used = peak.cached_tokens * pool.bytes_per_token
+        if window is not None:
+            used += peak.window_tokens * window.bytes_per_token
+        out["bytes_per_cached_token"] = used / peak.cached_tokens if peak.cached_tokens else None
+        return out
 
     def hits(self) -> tuple[int, int] | None:
         stats = self.cached.cache.stats
         return stats.hit_tokens - self._unused, stats.prompt_tokens
+
+    def notes(self) -> list[str]:
+        cache = self.cached.cache
+        config, shown = cache.config, []
+        if cache.window_pool is not None:
+            shown.append(f"window_ratio {config.window_ratio}")
+        if cache.snapshot_pool is not None:
+            shown += [f"state_share {config.state_share}", f"snapshot_interval {config.snapshot_interval}"]
+        return [f"{self.name}: budget {config.budget}, " + ", ".join(shown)] if shown else []
+
+
+def _count_positions(fed: list[int]) -> Any:
+    """A forward pre-hook that notes how many positions each forward pass is given."""
+
+    def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if isinstance(ids, torch.Tensor):
+            fed.append(int(ids.shape[1]))
+
+    return hook
 
 
 class Ideal(System):
@@ -219,6 +294,12 @@ class Ideal(System):
         # Prefix KV computed before, by prefix tokens: a few-shot header is computed once.
         self._memo: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self._memo_size = memo
+        # Whether the model's cache is per-token KV alone, which can be cut at any length.
+        device = next(model.parameters()).device
+        probe = hf.prompt_cache(model, torch.tensor([[3, 4]], device=device))
+        self.plain = cache_layers(probe, strict=True) is not None
+        self._caches: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        """For a model that is not plain: the model's own caches after a prefix, by its tokens."""
 
     @torch.no_grad()
     def prepare(self, batch: Batch, reusable: list[int]) -> Any:
@@ -228,6 +309,8 @@ class Ideal(System):
         length = min(pad + n for pad, n in zip(batch.pads, reusable, strict=True))
         if length == 0:
             return None
+        if not self.plain:
+            return self._model_cache(batch, length)
         rows = [
             self._prefix(prompt, length - pad) if length > pad else None
             for prompt, pad in zip(batch.prompts, batch.pads, strict=True)
@@ -245,6 +328,31 @@ class Ideal(System):
                     values[r, :, batch.pads[r] :] = row[i][1][0]
             layers.append((keys, values))
         return hf.cache_from_kv(self.model, layers)
+
+    def _model_cache(self, batch: Batch, length: int) -> Any:
+        """The model's own cache after the batch's first ``length`` positions (one forward
+        pass, as ``generate`` would make it; memoized for a batch of one), copied."""
+        key = tuple(batch.input_ids[0, :length].tolist()) if len(batch.prompts) == 1 else None
+        found = self._caches.get(key) if key is not None else None
+        if found is None:
+            ids, mask = batch.input_ids[:, :length], batch.attention_mask[:, :length]
+            position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+            keywords = hf.CacheKeywords.of(self.model)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **keywords.to_forward(CacheBuilder(self.model.config).empty()),
+            )
+            found = hf.returned_cache(out)
+            if key is not None:
+                self._caches[key] = found
+                if len(self._caches) > self._memo_size:
+                    self._caches.popitem(last=False)
+        elif key is not None:
+            self._caches.move_to_end(key)
+        return copy.deepcopy(found)
 
     def _prefix(self, prompt: torch.Tensor, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The KV of the first ``n`` tokens of ``prompt`` (views of a memoized prefix when one covers them)."""

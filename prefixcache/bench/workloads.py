@@ -7,6 +7,12 @@
 - ``chat``: conversations that share one system prompt, interleaved turn by turn;
   each turn's prompt is the whole history so far (earlier user messages and the
   model's own replies) plus a new user message.
+- ``longdoc``: a few long documents (2,000-4,000 tokens each), each followed by
+  several short questions (20-40 tokens), asked in shuffled order across documents;
+  a short answer (4 tokens) is generated per question. The workload where a
+  sliding-window model's memory matters: a hit on a document needs the KV of its
+  every token in the full-attention layers but only its last window's in the
+  sliding-window layers.
 - ``unique``: prompts that share nothing, the overhead test.
 
 Prompts are token ids drawn from a seeded generator with these lengths; given a
@@ -108,12 +114,38 @@ def chat(
     )
 
 
+def longdoc(
+    source: _Source,
+    n_requests: int,
+    *,
+    documents: int = 3,
+    shortest: int = 2000,
+    longest: int = 4000,
+    question: int = 30,
+    answer: int = 4,
+) -> Workload:
+    rng = source.rng
+    docs = [source.run(rng.randint(shortest, longest)) for _ in range(documents)]
+    order = [i % documents for i in range(n_requests)]
+    rng.shuffle(order)
+    requests = [
+        Request(tuple(docs[d] + source.run(rng.randint(question * 2 // 3, question * 4 // 3))), answer, len(docs[d]), d)
+        for d in order
+    ]
+    return Workload(
+        "longdoc",
+        f"{documents} documents of {', '.join(str(len(d)) for d in docs)} tokens, {n_requests} questions of "
+        f"{question * 2 // 3}-{question * 4 // 3} tokens after them in shuffled order, {answer} tokens generated",
+        requests,
+    )
+
+
 def unique(source: _Source, n_requests: int, *, length: int = 600) -> Workload:
     requests = [Request(tuple(source.run(length)), 1, 0, i) for i in range(n_requests)]
     return Workload("unique", f"{n_requests} prompts of {length} tokens sharing nothing, 1 token generated", requests)
 
 
-WORKLOADS = ("fewshot", "chat", "unique")
+WORKLOADS = ("fewshot", "chat", "longdoc", "unique")
 
 
 def make_workload(
@@ -131,6 +163,10 @@ def make_workload(
         return fewshot(source, n_requests, header=200 if quick else 600, question=30 if quick else 60)
     if name == "chat":
         return chat(source, n_requests, system=100 if quick else 300, reply=4 if quick else 16)
+    if name == "longdoc":
+        if quick:
+            return longdoc(source, n_requests, shortest=300, longest=500, question=15, answer=2)
+        return longdoc(source, n_requests)
     if name == "unique":
         return unique(source, n_requests, length=200 if quick else 600)
     raise ValueError(f"workload: expected one of {WORKLOADS}, got {name!r}")

@@ -62,6 +62,43 @@ PRESETS: dict[str, dict[str, Any]] = {
         eos_token_id=128001,
         tie_word_embeddings=True,
     ),
+    # About 51M parameters, Gemma-3-shaped: five sliding-window layers (window 512) to one
+    # global, grouped-query attention, tied embeddings; 12 layers, two of them global.
+    "gemma3": dict(
+        model_type="gemma3_text",
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=12,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        query_pre_attn_scalar=64,
+        layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 2,
+        sliding_window=512,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
+    # About 58M parameters, Qwen3.5-shaped: three linear-attention (Gated DeltaNet) layers to
+    # one full-attention (gated, grouped-query) layer; 8 layers, two of them full.
+    "qwen3.5": dict(
+        model_type="qwen3_5_text",
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=64,
+        linear_num_key_heads=4,
+        linear_num_value_heads=8,
+        linear_key_head_dim=64,
+        linear_value_head_dim=64,
+        linear_conv_kernel_dim=4,
+        layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 2,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -74,9 +111,11 @@ def load_model(
     seed: int = 0,
 ) -> Any:
     """A causal LM in eval mode: ``name_or_path`` (a local directory or a hub name) when
-    given, else a built-in Llama-architecture config (``preset``: ``"default"``, about 58M
-    parameters, ``"tiny"``, or ``"llama-1b"``, the shape of Llama-3.2-1B) with random
-    weights drawn from ``seed``; no download."""
+    given, else a built-in config (``preset``: ``"default"``, a Llama of about 58M
+    parameters, ``"tiny"``, ``"llama-1b"``, the shape of Llama-3.2-1B, ``"gemma3"``, a
+    Gemma-3-shaped model of about 51M parameters with sliding-window layers, or
+    ``"qwen3.5"``, a Qwen3.5-shaped one of about 58M with linear-attention layers) with
+    random weights drawn from ``seed``; no download."""
     model: Any
     if name_or_path is not None:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
