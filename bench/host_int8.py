@@ -1,6 +1,6 @@
 """What an int8 host tier does to outputs: last-position logits against the uncached model.
 
-The few-shot workload (seeded; see prefixcache/bench/workloads.py) goes through
+The few-shot workload (seeded; see prefixcache/benchmark/workloads.py) goes through
 ``wrap(model, --budget, host_budget="1GiB", host_dtype=...)`` with a device budget
 that holds one header, so most hits come back from the host tier. For each
 request, ``prefill(..., logits_to_keep=1)`` is compared with the model's own
@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import prefixcache
-from prefixcache.bench.report import machine
-from prefixcache.bench.workloads import make_workload
+from prefixcache.benchmark.report import machine
+from prefixcache.benchmark.workloads import make_workload
 
 
 @torch.no_grad()

@@ -42,7 +42,7 @@ from transformers import AutoTokenizer
 
 import prefixcache
 from prefixcache.__main__ import DTYPES
-from prefixcache.bench.report import machine
+from prefixcache.benchmark.report import machine
 from prefixcache.lm_eval import PrefixCacheLM
 from prefixcache.lm_eval.offline_task import write_task
 

@@ -1,6 +1,6 @@
 """What a cached request adds over the model's own work, and where that time goes.
 
-Workload (seeded): few-shot-shaped prompts (prefixcache/bench/workloads.py: 4
+Workload (seeded): few-shot-shaped prompts (prefixcache/benchmark/workloads.py: 4
 subjects x a 600-token header, questions of 50-70 tokens, one token generated)
 on the built-in tiny model (float32, CPU unless --device says otherwise). Every
 prompt is cached before the clock starts, so each request reuses all but its last
@@ -16,7 +16,7 @@ prompts (median per step): checking the input, the match (and pin), gathering th
 prefix KV, building the DynamicCache, and the insert (here: finding everything
 already cached).
 
-The measurement itself is prefixcache/bench/overhead.py (``python -m prefixcache
+The measurement itself is prefixcache/benchmark/per_request.py (``python -m prefixcache
 bench --overhead`` prints the same rows for the tiny and the default model).
 
     python bench/overhead.py [--model tiny|default] [--requests 300] [--seed 0] [--device cpu]
@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prefixcache.bench.overhead import measure_preset
-from prefixcache.bench.report import machine
+from prefixcache.benchmark.per_request import measure_preset
+from prefixcache.benchmark.report import machine
 
 
 def main() -> int:

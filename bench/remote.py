@@ -1,6 +1,6 @@
 """Two processes sharing KV through Redis: what the second gains from the first's chunks.
 
-Workload (seeded, prefixcache/bench/workloads.py): fewshot, 4 subjects x a
+Workload (seeded, prefixcache/benchmark/workloads.py): fewshot, 4 subjects x a
 600-token header, questions of 50-70 tokens, one token generated, on the built-in
 default model (float32 unless --dtype says otherwise). The first process serves
 the first ``--before`` requests with ``remote=`` a Redis server and flushes its
@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import prefixcache
 from prefixcache import hf
-from prefixcache.bench.report import machine
-from prefixcache.bench.workloads import make_workload
+from prefixcache.benchmark.report import machine
+from prefixcache.benchmark.workloads import make_workload
 from tests.redis_server import server_url
 
 

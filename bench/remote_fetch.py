@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prefixcache.bench.report import machine
+from prefixcache.benchmark.report import machine
 from prefixcache.kv import LayerSpec
 from prefixcache.remote import RemoteTier
 from prefixcache.remote.keys import chunk_digests, redis_key, root_digest

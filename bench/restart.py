@@ -1,7 +1,7 @@
 """Restart run: time to first token after a restart, cold versus loaded from a saved cache.
 
 A server answers the few-shot workload (seeded: 4 subjects x 600-token header,
-60-token questions, 1 token generated; see prefixcache/bench/workloads.py), saves
+60-token questions, 1 token generated; see prefixcache/benchmark/workloads.py), saves
 its cache with ``cache.save(path)`` and restarts. Then the next ``--requests``
 questions go to a new CachedModel twice: once cold (an empty cache) and once after
 ``cache.load(path)`` (what ``wrap(model, load=path)`` does). Printed: save and load times, file size, and for
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import prefixcache
 from prefixcache.__main__ import DTYPES
-from prefixcache.bench.report import machine
-from prefixcache.bench.workloads import make_workload
+from prefixcache.benchmark.report import machine
+from prefixcache.benchmark.workloads import make_workload
 
 
 def serve(cached: prefixcache.CachedModel, prompts: list[torch.Tensor]) -> list[float]:

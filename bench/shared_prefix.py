@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import prefixcache
 from prefixcache import hf
-from prefixcache.bench.report import machine
+from prefixcache.benchmark.report import machine
 
 
 def burst(cached: prefixcache.CachedModel, prompts: list[torch.Tensor]) -> tuple[float, list[float], list[Any]]:

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from .bench.workloads import WORKLOADS
+from .benchmark.workloads import WORKLOADS
 from .config import parse_budget
-from .hf.models import PRESETS
+from .hf.presets import PRESETS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_REQUESTS = {"fewshot": 100, "chat": 40, "longdoc": 24, "unique": 40}
@@ -104,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import hf
-    from .bench import report
-    from .bench.runner import run_workload
-    from .bench.systems import HfManual, Ideal, NoCache, PrefixCached, System
-    from .bench.workloads import make_workload, prompt_lengths
+    from .benchmark import report
+    from .benchmark.runner import run_workload
+    from .benchmark.systems import HfManual, Ideal, NoCache, PrefixCached, System
+    from .benchmark.workloads import make_workload, prompt_lengths
 
     budgets = [b.strip() for b in args.budget.split(",") if b.strip()]
     for budget in budgets:
@@ -209,7 +209,7 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"({time.perf_counter() - started:.0f} s)\n")
     overhead: dict[str, Any] = {}
     if args.overhead:
-        from .bench.overhead import measure_preset
+        from .benchmark.per_request import measure_preset
 
         n = 8 if args.quick else 100
         for preset in OVERHEAD_MODELS:
@@ -281,7 +281,7 @@ def _systems(spec: str, parser: argparse.ArgumentParser) -> list[str]:
 
 
 def _hf_cb(model: Any, budget: int, workload: Any, parser: argparse.ArgumentParser) -> Any:
-    from .bench.continuous import HfContinuousBatching
+    from .benchmark.continuous import HfContinuousBatching
 
     try:
         return HfContinuousBatching(model, budget, workload)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefixcache.bench.workloads import make_workload
+from prefixcache.benchmark.workloads import make_workload
 
 SUMMARY_KEYS = {
     "requests",

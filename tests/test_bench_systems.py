@@ -15,12 +15,12 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import prefixcache
 from prefixcache.__main__ import main
-from prefixcache.bench import report
-from prefixcache.bench.continuous import HfContinuousBatching
-from prefixcache.bench.overhead import STEPS, measure
-from prefixcache.bench.runner import run_workload
-from prefixcache.bench.systems import HfManual, Ideal, NoCache, PrefixCached
-from prefixcache.bench.workloads import Request, Workload, batches, make_workload, prompt_lengths
+from prefixcache.benchmark import report
+from prefixcache.benchmark.continuous import HfContinuousBatching
+from prefixcache.benchmark.per_request import STEPS, measure
+from prefixcache.benchmark.runner import run_workload
+from prefixcache.benchmark.systems import HfManual, Ideal, NoCache, PrefixCached
+from prefixcache.benchmark.workloads import Request, Workload, batches, make_workload, prompt_lengths
 from prefixcache.hf import PRESETS
 
 from . import layer_kinds

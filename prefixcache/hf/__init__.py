@@ -17,7 +17,7 @@ that can be served. The only package that imports transformers.
 from .batch import left_pad
 from .kvcache import CacheKeywords, cache_from_kv, kv_of, prompt_cache, returned_cache
 from .model import CachedModel, PrefillResult, wrap
-from .models import PRESETS, load_model, transformers_version
+from .presets import PRESETS, load_model, transformers_version
 from .support import vocab_size
 
 __all__ = [

@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from .systems import Batch, Served, System
+from .systems import PaddedRequests, Served, System
 from .workloads import Workload, prompt_lengths
 
 __all__ = ["HfContinuousBatching"]
@@ -121,13 +121,13 @@ class HfContinuousBatching(System):
         cache.search_prefix_match = counted
         self._counting = True
 
-    def prepare(self, batch: Batch, reusable: list[int]) -> Any:
+    def prepare(self, batch: PaddedRequests, reusable: list[int]) -> Any:
         if self._manager is None:
             self._open()
         return [prompt[0].tolist() for prompt in batch.prompts]  # generate_batch takes lists of ids
 
     @torch.no_grad()
-    def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
+    def run(self, batch: PaddedRequests, prepared: Any, streamer: Any) -> Served:
         ids = self._manager.add_requests(inputs=prepared, max_new_tokens=batch.new_tokens, record_timestamps=True)
         results = self._collect(ids)
         self._prompt_tokens += sum(len(p) for p in prepared)

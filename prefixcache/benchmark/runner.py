@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..tree import RadixTree
-from .systems import PrefixCached, System, left_pad
+from .systems import PrefixCached, System, padded_requests
 from .workloads import Workload, batches, prompt_ids
 
 __all__ = ["SystemResult", "WorkloadResult", "run_workload"]
@@ -158,7 +158,7 @@ def _run(
         outputs: dict[str, list[torch.Tensor]] = {}
         for system in order:
             prompts = [prompt_ids(r, histories[system.name], device) for r in requests]
-            batch = left_pad(requests, prompts)
+            batch = padded_requests(requests, prompts)
             prepared = system.prepare(batch, reusable)
             streamer = _FirstToken()
             _sync(device)

@@ -35,19 +35,19 @@ from typing import Any
 import torch
 
 from .. import hf
-from ..hf import CachedModel
+from ..hf import CachedModel, left_pad
 from ..hf.kvcache import CacheBuilder, cache_layers
 from ..stats import CacheStats
 from .workloads import Request
 
-__all__ = ["Batch", "HfManual", "Ideal", "NoCache", "PrefixCached", "Served", "System", "left_pad"]
+__all__ = ["PaddedRequests", "HfManual", "Ideal", "NoCache", "PrefixCached", "Served", "System", "padded_requests"]
 
 PAD_ID = 0
 """The id put in padding positions; masked out, so any id would do."""
 
 
 @dataclass(frozen=True)
-class Batch:
+class PaddedRequests:
     """What a system is handed: a batch of requests, each prompt alone and all left-padded."""
 
     requests: list[Request]
@@ -70,17 +70,11 @@ class Batch:
         return [sequences[r : r + 1, pad:] for r, pad in enumerate(self.pads)]
 
 
-def left_pad(requests: list[Request], prompts: list[torch.Tensor]) -> Batch:
+def padded_requests(requests: list[Request], prompts: list[torch.Tensor]) -> PaddedRequests:
     """The prompts as one left-padded batch with its mask."""
-    width = max(p.shape[1] for p in prompts)
-    device = prompts[0].device
-    input_ids = torch.full((len(prompts), width), PAD_ID, dtype=torch.long, device=device)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
-    pads = tuple(width - p.shape[1] for p in prompts)
-    for r, (prompt, pad) in enumerate(zip(prompts, pads, strict=True)):
-        input_ids[r, pad:] = prompt[0]
-        mask[r, pad:] = 1
-    return Batch(list(requests), list(prompts), input_ids, mask, pads)
+    input_ids, mask = left_pad([p[0] for p in prompts], PAD_ID, device=prompts[0].device)
+    pads = tuple(input_ids.shape[1] - p.shape[1] for p in prompts)
+    return PaddedRequests(list(requests), list(prompts), input_ids, mask, pads)
 
 
 @dataclass
@@ -105,12 +99,12 @@ class System:
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def prepare(self, batch: Batch, reusable: list[int]) -> Any:
+    def prepare(self, batch: PaddedRequests, reusable: list[int]) -> Any:
         """Untimed work before ``run``; ``reusable[r]`` is the best possible cached length of row r."""
         return None
 
     @torch.no_grad()
-    def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
+    def run(self, batch: PaddedRequests, prepared: Any, streamer: Any) -> Served:
         raise NotImplementedError
 
     def hits(self) -> tuple[int, int] | None:
@@ -124,7 +118,7 @@ class System:
     def close(self) -> None:
         """Release what the system holds (threads, memory); called once, at the end of a workload."""
 
-    def generate(self, batch: Batch, streamer: Any, **kwargs: Any) -> Served:
+    def generate(self, batch: PaddedRequests, streamer: Any, **kwargs: Any) -> Served:
         out = self.model.generate(
             batch.input_ids,
             attention_mask=batch.attention_mask,
@@ -142,7 +136,7 @@ class NoCache(System):
     name = "no-cache"
 
     @torch.no_grad()
-    def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
+    def run(self, batch: PaddedRequests, prepared: Any, streamer: Any) -> Served:
         return self.generate(batch, streamer)
 
 
@@ -155,7 +149,7 @@ class HfManual(System):
         self._prefixes: dict[int, tuple[tuple[int, ...], Any]] = {}
 
     @torch.no_grad()
-    def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
+    def run(self, batch: PaddedRequests, prepared: Any, streamer: Any) -> Served:
         assert len(batch.requests) == 1, "hf-manual serves one request at a time"
         request, prompt = batch.requests[0], batch.prompts[0]
         n = request.shared_prefix
@@ -193,7 +187,7 @@ class PrefixCached(System):
         """Count what a padded batch reuses from the positions the model is given (``run``),
         not from each row's cached length (``prepare``)."""
 
-    def prepare(self, batch: Batch, reusable: list[int]) -> Any:
+    def prepare(self, batch: PaddedRequests, reusable: list[int]) -> Any:
         # The cache's stats count each row's match; a padded batch reuses less: every row
         # computes from the shared cached length C = min(pad + hit) on (see hf/model.py).
         # With window or recurrent layers C may be lower still (where every row can be cut),
@@ -206,7 +200,7 @@ class PrefixCached(System):
         return None
 
     @torch.no_grad()
-    def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
+    def run(self, batch: PaddedRequests, prepared: Any, streamer: Any) -> Served:
         counting = len(batch.prompts) > 1 and self._count_fed
         fed: list[int] = []
         before = self.cached.cache.stats.hit_tokens if counting else 0
@@ -302,7 +296,7 @@ class Ideal(System):
         """For a model that is not plain: the model's own caches after a prefix, by its tokens."""
 
     @torch.no_grad()
-    def prepare(self, batch: Batch, reusable: list[int]) -> Any:
+    def prepare(self, batch: PaddedRequests, reusable: list[int]) -> Any:
         # [0, pad[r])      padding: zeros, masked out
         # [pad[r], C)      row r's prefix KV, its first C - pad[r] tokens
         # C = min over rows of (pad[r] + reusable[r])
@@ -329,7 +323,7 @@ class Ideal(System):
             layers.append((keys, values))
         return hf.cache_from_kv(self.model, layers)
 
-    def _model_cache(self, batch: Batch, length: int) -> Any:
+    def _model_cache(self, batch: PaddedRequests, length: int) -> Any:
         """The model's own cache after the batch's first ``length`` positions (one forward
         pass, as ``generate`` would make it; memoized for a batch of one), copied."""
         key = tuple(batch.input_ids[0, :length].tolist()) if len(batch.prompts) == 1 else None
@@ -371,7 +365,7 @@ class Ideal(System):
         return layers
 
     @torch.no_grad()
-    def run(self, batch: Batch, prepared: Any, streamer: Any) -> Served:
+    def run(self, batch: PaddedRequests, prepared: Any, streamer: Any) -> Served:
         if prepared is None:
             return self.generate(batch, streamer)
         return self.generate(batch, streamer, **hf.CacheKeywords.of(self.model).to_generate(prepared))
