@@ -29,7 +29,7 @@ class Lease:
     tokens its request claimed to compute (see :mod:`prefixcache.claims`), and whether the
     pin was released. Read and changed under the cache's lock."""
 
-    __slots__ = ("claim", "epoch", "generation", "matched", "node", "owner", "released", "slots")
+    __slots__ = ("claim", "counted", "epoch", "generation", "matched", "node", "owner", "released", "slots")
 
     def __init__(self, owner: _Owner, node: Node | None, slots: array, epoch: int, generation: int = 0) -> None:
         self.owner = owner
@@ -40,6 +40,8 @@ class Lease:
         self.matched = len(slots)
         """Tokens the tree matched, at least those served (a model with window or recurrent
         layers serves less where a hit cannot end: see :mod:`prefixcache.stores`)."""
+        self.counted = 0
+        """Of its tokens, those counted in ``stats.hit_tokens`` (see :meth:`PrefixCache.reused`)."""
         self.claim: Claim | None = None
         self.released = False
 

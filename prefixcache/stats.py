@@ -29,7 +29,8 @@ class CacheStats:
     prompt_tokens: int = _counter()
     """Tokens in the prompts looked up."""
     hit_tokens: int = _counter()
-    """Of those, tokens found cached (not recomputed)."""
+    """Of those, tokens served from the cache (not recomputed): a row of a padded batch counts
+    only what the whole batch reused (see :meth:`PrefixCache.reused`)."""
     inserted_tokens: int = _counter()
     """Tokens whose KV was stored."""
     evicted_tokens: int = _counter()

@@ -188,3 +188,19 @@ def test_drop_namespace_forgets_one_namespace_but_what_requests_hold() -> None:
     with pytest.raises(TypeError, match="namespace"):
         cache.drop_namespace(["a"])
     cache._check()
+
+
+def test_reused_counts_only_what_the_request_used() -> None:
+    cache = make_cache(64)
+    prompt = list(range(1, 11))
+    cache.insert(prompt, fake_kv(prompt))
+    with cache.match(prompt, max_length=9) as hit:
+        assert cache.stats.hit_tokens == 9
+        for bad in (10, -1, 2.0):
+            with pytest.raises(ValueError, match="length: expected an int in"):
+                cache.reused(hit, bad)  # type: ignore[arg-type]
+        assert cache.stats.hit_tokens == 9
+        cache.reused(hit, 4)
+        assert cache.stats.hit_tokens == 4
+        cache.reused(hit, 6)  # the last word counts, not the sum
+        assert cache.stats.hit_tokens == 6

@@ -12,6 +12,7 @@ import prefixcache
 from prefixcache.hf.batch import left_pad
 from prefixcache.hf.kvcache import GENERATE_KEYWORD, CacheBuilder
 
+from . import layer_kinds
 from .tiny_models import CONFIGS, CORE, VOCAB, config_for, tiny_model
 
 # float64 logits agree to rounding (about 1e-16 here); float32 to this.
@@ -319,3 +320,24 @@ def test_a_cache_built_from_kv_is_the_one_its_updates_build(model_type: str) -> 
         assert set(vars(ours)) == set(vars(theirs)), "the layer differs from the one update() sets up"
         assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
     assert built.get_seq_length() == reference.get_seq_length() == 5
+
+
+@pytest.mark.parametrize("shape", ["llama", "qwen3_5", "gemma3"])
+def test_a_padded_batch_counts_the_hits_it_reused(shape: str) -> None:
+    """A row of a padded batch reuses only the cached length every row shares (less where a
+    recurrent or window model cannot cut there): stats.hit_tokens counts that, not each
+    row's own match."""
+    model = layer_kinds.build(shape) if shape != "llama" else tiny_model("llama")
+    cached = prefixcache.wrap(model, "1MiB")
+    a = layer_kinds.tokens(model, 1, 40) if shape != "llama" else torch.arange(3, 43)
+    b = layer_kinds.tokens(model, 2, 28) if shape != "llama" else torch.arange(50, 78)
+    cached.prefill(a[None, :33])
+    cached.prefill(b[None, :23])
+    ids, mask = left_pad([a, b])
+    pads = [ids.shape[1] - len(a), ids.shape[1] - len(b)]
+    before = cached.cache.stats.hit_tokens
+    res = cached.prefill(ids, mask)
+    reused = sum(max(0, res.cached_length - pad) for pad in pads)
+    assert cached.cache.stats.hit_tokens - before == reused
+    if shape == "llama":
+        assert reused == 33 + 21  # the short row's 23 cached, cut to the shared length

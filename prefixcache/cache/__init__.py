@@ -192,6 +192,12 @@ class PrefixCache:
         """
         return self._lookup.match(tokens, namespace, max_length, claim, wait)
 
+    def reused(self, hit: Hit, length: int) -> None:
+        """Record that ``hit``'s request reused only its first ``length`` tokens (a row of a
+        padded batch reuses what every row shares): ``stats.hit_tokens`` counts those
+        instead of all it matched. ``ValueError`` for a length outside ``[0, hit.length]``."""
+        self._lookup.reused(hit, length)
+
     def gather(self, hit: Hit, length: int | None = None, *, copy: bool = True) -> list[LayerKV]:
         """The KV of ``hit``'s first ``length`` tokens (all of them by default): per layer
         ``(keys, values)``, each ``[1, kv_heads, length, head_dim]``.

@@ -15,7 +15,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-from ..arguments import as_tokens, check_count, check_namespace, check_seconds
+from ..arguments import as_tokens, check_count, check_int, check_namespace, check_seconds
 from ..hit import Hit, Lease
 from ..tree import HOST
 from .core import CacheCore
@@ -87,6 +87,7 @@ class Lookup:
         c.requests += 1
         c.prompt_tokens += len(toks)
         c.hit_tokens += len(lease.slots)
+        lease.counted = len(lease.slots)
         c.host_hit_tokens += from_host
         c.remote_hit_tokens += from_remote
         c.shared_waits += waited
@@ -156,6 +157,14 @@ class Lookup:
                 self.core.tree.unpin(lease.node)
                 if lease.claim is not None:  # its request computed nothing it stored: a waiter takes over
                     self.end_claim_locked(lease)
+
+    def reused(self, hit: Hit, length: int) -> None:
+        self.check_hit(hit)
+        check_int(length, "length", 0, hit.length)
+        lease = hit.lease
+        with self.core.lock:
+            self.core.counters.hit_tokens += length - lease.counted
+            lease.counted = length
 
     def end_claim_locked(self, lease: Lease) -> None:
         assert lease.claim is not None

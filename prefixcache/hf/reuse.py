@@ -48,7 +48,12 @@ def reuse(
             if not positions.row_reusable(pad) or not padded:
                 most = 0
             hits.append(cache.match(row, namespace=namespace, max_length=most, claim=most > 0, wait=wait))
-        yield hits, aligned_length(cache, batch, hits)
+        length = aligned_length(cache, batch, hits)
+        for hit, pad in zip(hits, batch.pads, strict=True):
+            used = min(hit.length, max(0, length - pad))
+            if used < hit.length:  # what the row matched beyond the batch's shared length is computed again
+                cache.reused(hit, used)
+        yield hits, length
     finally:
         for hit in hits:
             hit.release()
