@@ -1,14 +1,16 @@
 """Which models a prefix cache can serve exactly, and the probe that reads their KV shape.
 
-A cached prefix may be reused only if a token's KV depends on nothing but the
-tokens before it. The config rules refuse what is known not to (sliding-window or
-chunked attention, recurrent or hybrid state, encoder-decoder models); the rotary
-rule (:mod:`prefixcache.rope`) says where a rotation that also depends on the
-sequence's length still allows reuse, and refuses an unknown rotary type; the probe
-runs a short prompt, reads every layer's KV shape, dtype and device, and (unless
-told not to) checks that the logits computed on a cached first part equal those of
-the whole prompt: across each length where the config suggests a rotation might
-change, then for a short prompt.
+A cached prefix may be reused only if what each layer keeps for a token depends on
+nothing but the tokens before it. The config rules refuse what is known not to
+(encoder-decoder models, attention that keeps the top keys of a whole sequence);
+the rotary rule (:mod:`prefixcache.rope`) says where a rotation that also depends on
+the sequence's length still allows reuse, and refuses an unknown rotary type; the
+probe runs a short prompt, reads what each layer keeps (:mod:`.layers`: full
+attention, sliding window or chunk, recurrent state; other cache layers are refused),
+how the model numbers positions (:mod:`.positions`), and (unless told not to) checks
+that the logits computed on a cached first part equal those of the whole prompt:
+across each length where the config suggests a rotation might change, then for a
+short prompt.
 """
 
 from __future__ import annotations
