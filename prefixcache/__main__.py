@@ -31,8 +31,8 @@ from .config import parse_budget
 from .hf.presets import PRESETS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_REQUESTS = {"fewshot": 100, "chat": 40, "longdoc": 24, "unique": 40}
-QUICK_REQUESTS = {"fewshot": 12, "chat": 8, "longdoc": 6, "unique": 6}
+DEFAULT_REQUESTS = {"fewshot": 100, "chat": 40, "longdoc": 24, "unique": 40, "sampling": 40}
+QUICK_REQUESTS = {"fewshot": 12, "chat": 8, "longdoc": 6, "unique": 6, "sampling": 4}
 SYSTEMS = ("no-cache", "hf-manual", "prefixcache", "ideal", "hf-cb")
 DEFAULT_SYSTEMS = "no-cache,hf-manual,prefixcache,ideal"
 OVERHEAD_MODELS = ("tiny", "default")
@@ -180,6 +180,9 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             elif system == "ideal":
                 systems.append(Ideal(model))
             elif system == "hf-cb":
+                if name == "sampling":  # its engine takes one sequence per request
+                    print("hf-cb not run on sampling: generate_batch returns one sequence per request")
+                    continue
                 systems.append(_hf_cb(model, largest, workload, parser))
             else:
                 for budget, ratio in [(b, r) for b in budgets for r in ratios]:
@@ -202,7 +205,12 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         started = time.perf_counter()
         with _progress(len(workload.requests), name, disable=args.no_progress) as bar:
             result = run_workload(
-                workload, systems, batch_size=args.batch, device=device, on_request=lambda _: bar.update(1)
+                workload,
+                systems,
+                batch_size=args.batch,
+                device=device,
+                on_request=lambda _: bar.update(1),
+                seed=args.seed,
             )
         summaries[name] = report.summarize(result)
         print(report.table(name, summaries[name]))

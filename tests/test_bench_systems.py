@@ -19,7 +19,7 @@ from prefixcache.benchmark import report
 from prefixcache.benchmark.continuous import HfContinuousBatching
 from prefixcache.benchmark.per_request import STEPS, measure
 from prefixcache.benchmark.runner import run_workload
-from prefixcache.benchmark.systems import HfManual, Ideal, NoCache, PrefixCached
+from prefixcache.benchmark.systems import HfManual, Ideal, NoCache, PrefixCached, padded_requests
 from prefixcache.benchmark.workloads import Request, Workload, batches, make_workload, prompt_lengths
 from prefixcache.hf import PRESETS
 
@@ -80,7 +80,8 @@ def test_batched_run_with_every_system_writes_consistent_json(quick_run: Any) ->
         assert workload["batch_size"] == 2
         assert workload["outputs_identical"] is True
         assert set(workload["mismatched_requests"].values()) == {0}
-        assert set(workload["systems"]) == {"no-cache", "prefixcache", "ideal", "hf-cb"}
+        cb = name != "sampling"  # generate_batch returns one sequence per request
+        assert set(workload["systems"]) == {"no-cache", "prefixcache", "ideal"} | ({"hf-cb"} if cb else set())
         expected = batches(make_workload(name, workload["requests"], seed=0, vocab=vocab, quick=True), 2)
         for system in workload["systems"].values():
             assert system["requests"] == workload["requests"] and system["batches"] == len(expected)
@@ -91,8 +92,10 @@ def test_batched_run_with_every_system_writes_consistent_json(quick_run: Any) ->
             assert system["total_s"] == pytest.approx(sum(system["batch_ms"]) / 1e3)
             assert all(0 < ttft <= total for ttft, total in zip(system["ttft_ms"], system["total_ms"], strict=True))
         assert 0 <= workload["systems"]["prefixcache"]["hit_rate"] <= workload["best_hit_rate"] + 1e-12
-        assert workload["systems"]["hf-cb"]["hit_rate"] is not None
-        assert any(line.startswith("hf-cb: paged cache of") for line in workload["notes"])
+        if cb:
+            assert workload["systems"]["hf-cb"]["hit_rate"] is not None
+            assert any(line.startswith("hf-cb: paged cache of") for line in workload["notes"])
+    assert "hf-cb not run on sampling" in done.stdout
     fewshot = data["workloads"]["fewshot"]
     assert fewshot["systems"]["prefixcache"]["hit_rate"] > 0
 
@@ -273,14 +276,52 @@ def test_cache_options_are_checked(option: list[str], message: str, capsys: pyte
     assert message in capsys.readouterr().err
 
 
-def test_reuse_in_a_padded_batch_counted_from_the_positions_fed_agrees_with_cached_lengths(tiny: Any) -> None:
-    """What a padded batch reuses is counted from each row's cached length for a model of full
-    attention only, and from the positions the model is given for any other: the same figure."""
+def test_reuse_in_padded_batches_counted_by_the_cache_is_what_the_model_was_spared(tiny: Any) -> None:
+    """The cache's hit count in left-padded batches equals what the positions fed to the model
+    leave out: each row reuses the batch's shared cached length C less its padding."""
     workload = make_workload("fewshot", 12, seed=0, vocab=512, quick=True)
-    lengths, fed = PrefixCached(tiny, "64MiB", name="lengths"), PrefixCached(tiny, "64MiB", name="fed")
-    fed._count_fed = True
-    result = run_workload(workload, [NoCache(tiny), lengths, fed], batch_size=4)
+    cached = PrefixCached(tiny, "64MiB")
+    fed: list[int] = []
+    spared: list[int] = []
+
+    def count(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        fed.append(int(kwargs["input_ids"].shape[1]))
+
+    run = cached.run
+
+    def counted_run(batch: Any, prepared: Any, streamer: Any) -> Any:
+        fed.clear()
+        served = run(batch, prepared, streamer)
+        shared = batch.input_ids.shape[1] - (fed[0] if fed else 0)  # the first pass computes from C
+        spared.append(sum(max(0, shared - pad) for pad in batch.pads))
+        return served
+
+    cached.run = counted_run  # type: ignore[method-assign]
+    handle = tiny.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        result = run_workload(workload, [NoCache(tiny), cached], batch_size=4)
+    finally:
+        handle.remove()
+    assert len(fed) > 0, "the hook saw no forward pass"
     assert set(result.mismatches.values()) == {0}
-    counted = result.systems["fed"].hit_tokens
-    assert counted == result.systems["lengths"].hit_tokens
-    assert counted is not None and 0 < counted < fed.cached.cache.stats.hit_tokens
+    assert result.systems["prefixcache"].hit_tokens == sum(spared) > 0
+
+
+def test_sampling_draws_the_same_samples_in_every_system_and_reuses_the_prompt(tiny: Any) -> None:
+    workload = make_workload("sampling", 8, seed=0, vocab=prefixcache.hf.vocab_size(tiny), quick=True)
+    assert {r.samples for r in workload.requests} == {4}
+    systems = [NoCache(tiny), HfManual(tiny), PrefixCached(tiny, "64MiB"), Ideal(tiny)]
+    result = run_workload(workload, systems, seed=3)
+    assert result.mismatches == {s.name: 0 for s in systems}
+    reused = result.systems["prefixcache"].hit_tokens
+    assert reused is not None and reused > 0
+    # One request by hand: four different samples of the same prompt, one row each.
+    request = workload.requests[0]
+    prompt = torch.tensor([request.tokens])
+    batch = padded_requests([request], [prompt])
+    torch.manual_seed(0)
+    served = NoCache(tiny).run(batch, None, None)
+    rows = served.sequences[0]
+    assert rows.shape == (4, prompt.shape[1] + request.new_tokens)
+    assert torch.equal(rows[:, : prompt.shape[1]], prompt.expand(4, -1))
+    assert len({tuple(r.tolist()) for r in rows}) > 1, "four samples and all the same: not sampled"

@@ -114,6 +114,7 @@ def run_workload(
     batch_size: int = 1,
     device: torch.device | None = None,
     on_request: Callable[[int], None] | None = None,
+    seed: int = 0,
 ) -> WorkloadResult:
     """Send every request of ``workload`` to every system in batches of up to ``batch_size``;
     compare outputs with the first system's (the uncached one) and keep the best hit rate
@@ -124,7 +125,7 @@ def run_workload(
         names = [s.name for s in systems if not s.takes_batches]
         raise ValueError(f"systems {names} serve one request at a time; got batch size {batch_size}")
     try:
-        return _run(workload, systems, batch_size, device, on_request)
+        return _run(workload, systems, batch_size, device, on_request, seed)
     finally:
         for system in systems:
             system.close()
@@ -136,6 +137,7 @@ def _run(
     batch_size: int,
     device: torch.device | None,
     on_request: Callable[[int], None] | None,
+    seed: int,
 ) -> WorkloadResult:
     results = {s.name: SystemResult(s.name, exact=s.exact) for s in systems}
     histories: dict[str, list[torch.Tensor]] = {s.name: [] for s in systems}  # in arrival order
@@ -161,6 +163,7 @@ def _run(
             batch = padded_requests(requests, prompts)
             prepared = system.prepare(batch, reusable)
             streamer = _FirstToken()
+            torch.manual_seed(seed + b)  # every system samples with the same draws
             _sync(device)
             start = time.perf_counter()
             served = system.run(batch, prepared, streamer)
@@ -180,8 +183,9 @@ def _run(
         # What an unbounded prefix cache holds after this batch: each prompt and reply but
         # for the last generated token, whose KV is never computed.
         for seq in outputs[reference_name]:
-            seen = seq[0, :-1].tolist()
-            reference.insert(seen, array("q", bytes(8 * len(seen))))
+            for row in seq:  # each sample of a request is its own branch
+                seen = row[:-1].tolist()
+                reference.insert(seen, array("q", bytes(8 * len(seen))))
         if on_request is not None:
             for i in indices:
                 on_request(i)

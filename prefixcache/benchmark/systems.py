@@ -65,9 +65,24 @@ class PaddedRequests:
         """Tokens to generate for every request of the batch (batches never mix two values)."""
         return self.requests[0].new_tokens
 
+    @property
+    def samples(self) -> int:
+        """Sequences sampled per request (batches never mix two values); 1: greedy."""
+        return self.requests[0].samples
+
+    def options(self) -> dict[str, Any]:
+        """``generate``'s options for these requests: greedy, or ``samples`` sequences sampled
+        from the model's whole distribution (the caller seeds torch's generator first)."""
+        n = self.samples
+        if n == 1:
+            return {"do_sample": False}
+        return {"do_sample": True, "num_return_sequences": n, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
+
     def rows(self, sequences: torch.Tensor) -> list[torch.Tensor]:
-        """``generate``'s ``[B, P + new]`` output as each request's ``[1, n_i + new]``, padding removed."""
-        return [sequences[r : r + 1, pad:] for r, pad in enumerate(self.pads)]
+        """``generate``'s ``[B * samples, P + new]`` output as each request's ``[samples, n_i + new]``,
+        padding removed."""
+        n = self.samples
+        return [sequences[r * n : (r + 1) * n, pad:] for r, pad in enumerate(self.pads)]
 
 
 def padded_requests(requests: list[Request], prompts: list[torch.Tensor]) -> PaddedRequests:
@@ -124,9 +139,9 @@ class System:
             attention_mask=batch.attention_mask,
             max_new_tokens=batch.new_tokens,
             min_new_tokens=batch.new_tokens,
-            do_sample=False,
             pad_token_id=PAD_ID,
             streamer=streamer,
+            **batch.options(),
             **kwargs,
         )
         return Served(batch.rows(out))
@@ -160,7 +175,10 @@ class HfManual(System):
         if known is None or known[0] != key:
             known = (key, hf.prompt_cache(self.model, prompt[:, :n]))  # the first request of a group pays
             self._prefixes[request.group] = known
-        return self.generate(batch, streamer, **hf.CacheKeywords.of(self.model).to_generate(copy.deepcopy(known[1])))
+        prefix = copy.deepcopy(known[1])
+        if batch.samples > 1:  # generate expands the prompt to one row per sample, not a cache it is handed
+            prefix.batch_repeat_interleave(batch.samples)
+        return self.generate(batch, streamer, **hf.CacheKeywords.of(self.model).to_generate(prefix))
 
 
 class PrefixCached(System):
@@ -182,49 +200,19 @@ class PrefixCached(System):
         self.peak_bytes = 0
         self.at_peak: CacheStats | None = None
         """The cache's stats after the request that left it holding the most bytes."""
-        self._unused = 0
-        self._count_fed = not self.cached.cache.kinds.plain
-        """Count what a padded batch reuses from the positions the model is given (``run``),
-        not from each row's cached length (``prepare``)."""
-
-    def prepare(self, batch: PaddedRequests, reusable: list[int]) -> Any:
-        # The cache's stats count each row's match; a padded batch reuses less: every row
-        # computes from the shared cached length C = min(pad + hit) on (see hf/model.py).
-        # With window or recurrent layers C may be lower still (where every row can be cut),
-        # and a row's hit ends where its kinds of layers can serve it: ``run`` counts C then.
-        if len(batch.prompts) > 1 and not self._count_fed:
-            cache = self.cached.cache
-            hits = [min(cache.cached_length(p[0].cpu()), p.shape[1] - 1) for p in batch.prompts]
-            shared = min(pad + hit for pad, hit in zip(batch.pads, hits, strict=True))
-            self._unused += sum(hit - max(0, shared - pad) for pad, hit in zip(batch.pads, hits, strict=True))
-        return None
 
     @torch.no_grad()
     def run(self, batch: PaddedRequests, prepared: Any, streamer: Any) -> Served:
-        counting = len(batch.prompts) > 1 and self._count_fed
-        fed: list[int] = []
-        before = self.cached.cache.stats.hit_tokens if counting else 0
-        handle = self.model.register_forward_pre_hook(_count_positions(fed), with_kwargs=True) if counting else None
-        try:
-            out = self.cached.generate(
-                batch.input_ids,
-                attention_mask=batch.attention_mask,
-                max_new_tokens=batch.new_tokens,
-                min_new_tokens=batch.new_tokens,
-                do_sample=False,
-                pad_token_id=PAD_ID,
-                streamer=streamer,
-            )
-        finally:
-            if handle is not None:
-                handle.remove()
+        out = self.cached.generate(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=batch.new_tokens,
+            min_new_tokens=batch.new_tokens,
+            pad_token_id=PAD_ID,
+            streamer=streamer,
+            **batch.options(),
+        )
         stats = self.cached.cache.stats
-        if counting:
-            # Positions fed to the model: the batch's from C on, then one per generated token
-            # but the first. Rows reuse C - pad each; the stats counted each row's own hit.
-            shared = batch.input_ids.shape[1] - (sum(fed) - (batch.new_tokens - 1))
-            used = sum(max(0, shared - pad) for pad in batch.pads)
-            self._unused += stats.hit_tokens - before - used
         if self.at_peak is None or stats.bytes_used > self.peak_bytes:
             self.peak_bytes, self.at_peak = stats.bytes_used, stats
         return Served(batch.rows(out))
@@ -256,8 +244,9 @@ class PrefixCached(System):
         return out
 
     def hits(self) -> tuple[int, int] | None:
+        # A row of a padded batch counts what the batch reused (see PrefixCache.reused).
         stats = self.cached.cache.stats
-        return stats.hit_tokens - self._unused, stats.prompt_tokens
+        return stats.hit_tokens, stats.prompt_tokens
 
     def notes(self) -> list[str]:
         cache = self.cached.cache
@@ -267,17 +256,6 @@ class PrefixCached(System):
         if cache.snapshot_pool is not None:
             shown += [f"state_share {config.state_share}", f"snapshot_interval {config.snapshot_interval}"]
         return [f"{self.name}: budget {config.budget}, " + ", ".join(shown)] if shown else []
-
-
-def _count_positions(fed: list[int]) -> Any:
-    """A forward pre-hook that notes how many positions each forward pass is given."""
-
-    def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if isinstance(ids, torch.Tensor):
-            fed.append(int(ids.shape[1]))
-
-    return hook
 
 
 class Ideal(System):
@@ -297,6 +275,12 @@ class Ideal(System):
 
     @torch.no_grad()
     def prepare(self, batch: PaddedRequests, reusable: list[int]) -> Any:
+        cache = self._prepare(batch, reusable)
+        if cache is not None and batch.samples > 1:
+            cache.batch_repeat_interleave(batch.samples)
+        return cache
+
+    def _prepare(self, batch: PaddedRequests, reusable: list[int]) -> Any:
         # [0, pad[r])      padding: zeros, masked out
         # [pad[r], C)      row r's prefix KV, its first C - pad[r] tokens
         # C = min over rows of (pad[r] + reusable[r])

@@ -14,6 +14,9 @@
   every token in the full-attention layers but only its last window's in the
   sliding-window layers.
 - ``unique``: prompts that share nothing, the overhead test.
+- ``sampling``: fewshot's prompts, each sampled several times (8 sequences of 32
+  tokens, ``num_return_sequences``, seeded): pass@k, self-consistency, best-of-n and
+  group rollouts, where every sample shares the prompt.
 
 Prompts are token ids drawn from a seeded generator with these lengths; given a
 tokenizer, they are real text built from a seeded word list instead.
@@ -21,6 +24,7 @@ tokenizer, they are real text built from a seeded word list instead.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +52,8 @@ class Request:
     follows: int | None = None
     """For a chat turn, the index of the conversation's previous turn: the prompt is
     that turn's prompt and reply followed by ``tokens``."""
+    samples: int = 1
+    """Sequences sampled from the prompt (``num_return_sequences``); 1: one greedy sequence."""
 
 
 @dataclass(frozen=True)
@@ -140,12 +146,25 @@ def longdoc(
     )
 
 
+def sampling(
+    source: _Source, n_requests: int, *, header: int = 600, question: int = 60, samples: int = 8, new: int = 32
+) -> Workload:
+    shaped = fewshot(source, n_requests, header=header, question=question)
+    requests = [dataclasses.replace(r, new_tokens=new, samples=samples) for r in shaped.requests]
+    return Workload(
+        "sampling",
+        f"fewshot's prompts (4 x {header}-token headers, {question - 10}-{question + 10}-token questions), "
+        f"{n_requests} requests each sampling {samples} sequences of {new} tokens (seeded per request)",
+        requests,
+    )
+
+
 def unique(source: _Source, n_requests: int, *, length: int = 600) -> Workload:
     requests = [Request(tuple(source.run(length)), 1, 0, i) for i in range(n_requests)]
     return Workload("unique", f"{n_requests} prompts of {length} tokens sharing nothing, 1 token generated", requests)
 
 
-WORKLOADS = ("fewshot", "chat", "longdoc", "unique")
+WORKLOADS = ("fewshot", "chat", "longdoc", "unique", "sampling")
 
 
 def make_workload(
@@ -169,6 +188,10 @@ def make_workload(
         return longdoc(source, n_requests)
     if name == "unique":
         return unique(source, n_requests, length=200 if quick else 600)
+    if name == "sampling":
+        if quick:
+            return sampling(source, n_requests, header=200, question=30, samples=4, new=8)
+        return sampling(source, n_requests)
     raise ValueError(f"workload: expected one of {WORKLOADS}, got {name!r}")
 
 
@@ -203,7 +226,7 @@ def batches(workload: Workload, size: int) -> list[list[int]]:
 
     A batch also ends before a chat turn whose previous turn is in it (its prompt holds
     that turn's reply, not known until the batch returns) and before a request that
-    generates another number of tokens. Raises ``ValueError`` if ``size < 1``.
+    generates another number of tokens or samples. Raises ``ValueError`` if ``size < 1``.
 
     >>> w = Workload("w", "", [Request((5,), 1, 0, 0), Request((6,), 1, 0, 0), Request((7,), 1, 0, 0, follows=0)])
     >>> batches(w, 8)
@@ -220,6 +243,7 @@ def batches(workload: Workload, size: int) -> list[list[int]]:
             len(current) == size
             or request.follows in current
             or request.new_tokens != workload.requests[current[0]].new_tokens
+            or request.samples != workload.requests[current[0]].samples
         ):
             out.append(current)
             current = []
