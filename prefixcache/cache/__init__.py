@@ -16,22 +16,21 @@ walked twice per request, once down from the root and once below the hit.
 - :mod:`.lookup`: ``match`` and ``release``, and :mod:`.shared` the remote tier in a request;
 - :mod:`.reads`: what a hit's prefix holds (``gather``, ``gather_window``, ``snapshot``);
 - :mod:`.writes`: ``insert``;
-- :mod:`.admin`: pins, expiry, eviction, resizing, namespaces, new weights;
-- :mod:`.export`: the tree as plain data, for saving and loading (:mod:`prefixcache.persist`).
+- :mod:`.admin`: pins, expiry, eviction, resizing, namespaces, new weights (the methods of
+  :class:`~.admin.Administration`, which PrefixCache inherits);
+- :mod:`.export`: the tree as plain data, and ``save``/``load`` (:class:`~.export.Saving`,
+  inherited) through :mod:`prefixcache.persist`.
 
 Every public method takes the cache's one lock; none runs a model.
 """
 
 from __future__ import annotations
 
-import os
-from array import array
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from .. import persist
 from ..config import UNSET, CacheConfig, Unset
 from ..hit import Hit
 from ..kv import KVLayout, KVPool, LayerKV, LayerSpec
@@ -40,10 +39,9 @@ from ..remote import RemoteTier
 from ..stats import CacheStats
 from ..stores import LayerKinds, Servable
 from ..tree import RadixTree
-from . import export as exporting
-from .admin import Admin
+from .admin import Administration
 from .core import CacheCore
-from .export import SavedNode
+from .export import SavedNode, Saving
 from .lookup import Lookup
 from .reads import Reads
 from .writes import insert
@@ -51,7 +49,7 @@ from .writes import insert
 __all__ = ["Hit", "PrefixCache", "SavedNode"]
 
 
-class PrefixCache:
+class PrefixCache(Administration, Saving):
     """Cached KV of token prefixes, bounded by a byte budget, safe to share between threads.
 
     ``layers`` gives each layer's KV shape for one token; the pool takes
@@ -84,7 +82,6 @@ class PrefixCache:
         self._core = core
         self._lookup = Lookup(core)
         self._reads = Reads(core, self._lookup)
-        self._admin = Admin(core)
 
     # -- reading ------------------------------------------------------------
 
@@ -273,114 +270,6 @@ class PrefixCache:
     def release(self, hit: Hit) -> None:
         """Unpin ``hit`` (what :meth:`Hit.release` does). Safe to call more than once."""
         self._lookup.release(hit)
-
-    def record_pass_through(self, prompt_tokens: int, requests: int = 1) -> None:
-        """Count requests served by the model without the cache (they hit nothing)."""
-        self._admin.record(requests=requests, prompt_tokens=prompt_tokens, passed_through=requests)
-
-    def record_verification(self, mismatch: bool) -> None:
-        """Count one request run again without the cache and compared; ``mismatch`` if it differed."""
-        self._admin.record(verified=1, mismatches=int(bool(mismatch)))
-
-    # -- administration -----------------------------------------------------
-
-    def pin(self, tokens: Sequence[int] | torch.Tensor, *, namespace: Hashable = None) -> None:
-        """Keep the cached ``tokens`` (a system prompt, say) on the device until :meth:`unpin`.
-
-        Pins nest. The tokens must all be cached (``warm`` or a request stores them);
-        pinned KV is never evicted, moved to the host tier or expired. Raises
-        ``ValueError`` (cache unchanged) when they are not cached, and when they would not
-        fit on the device beside what is pinned already: pinned bytes never exceed the
-        budget.
-        """
-        self._admin.pin(tokens, namespace)
-
-    def unpin(self, tokens: Sequence[int] | torch.Tensor, *, namespace: Hashable = None) -> None:
-        """Undo one :meth:`pin` of the same ``tokens`` and ``namespace``; ``ValueError`` when they are not pinned."""
-        self._admin.unpin(tokens, namespace)
-
-    def expire(self) -> int:
-        """Drop what has not been used for ``ttl`` seconds now (requests do this too). Returns tokens dropped."""
-        return self._admin.expire()
-
-    def evict(self, n_tokens: int) -> int:
-        """Free at least ``n_tokens`` device slots, least recently used first, or all that can be.
-
-        With a host tier the KV moves there; without one it is dropped. Returns the device
-        tokens freed; ``evict(0)`` does nothing."""
-        return self._admin.evict(n_tokens)
-
-    def clear(self) -> int:
-        """Drop every unpinned token in both tiers (pinned prefixes stay). Returns the tokens dropped."""
-        return self._admin.clear()
-
-    def resize(self, budget: int | str, host_budget: int | str | None = None) -> None:
-        """Give the device pool (and, with ``host_budget``, the host pool) a new byte budget.
-
-        Shrinking moves least recently used KV to the host tier, or drops it, until the
-        rest fits; it never drops pinned tokens, and raises ``ValueError`` (cache
-        unchanged) when they alone exceed the new budget. Kept KV is moved into the new
-        pool. ``host_budget`` on a cache without a host tier adds one. :attr:`config`
-        then holds the new budgets.
-        """
-        self._admin.resize(budget, host_budget)
-
-    def drop_namespace(self, namespace: Hashable) -> int:
-        """Forget what ``namespace`` holds: release the pins :meth:`pin` put on it and drop
-        every token of it, in both tiers, that no request in flight holds. Other
-        namespaces are untouched. Returns the tokens dropped. O(nodes in the namespace).
-        Raises ``TypeError`` for an unhashable namespace.
-        """
-        return self._admin.drop_namespace(namespace)
-
-    def rebind(self, fingerprint: str | None) -> int:
-        """Start over for other model weights: drop every cached token of every namespace and
-        tier, release every :meth:`pin`, and take ``fingerprint`` as the model's, for saved
-        files and the remote tier from now on (``wrap`` calls this when it sees the weights
-        change). Tokens pinned by requests in flight can no longer be found and are dropped
-        once released; what those requests computed is not stored. Returns the tokens dropped.
-        Raises ``ValueError`` for a remote tier given no fingerprint.
-        """
-        return self._admin.rebind(fingerprint)
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Flush the remote tier's queue (within ``timeout`` seconds; the rest is dropped and
-        counted) and close its connections. The local tiers stay usable; safe to call more
-        than once. Without a remote tier it does nothing."""
-        if self._core.remote is not None:
-            self._core.remote.close(timeout)
-
-    # -- saving and loading -------------------------------------------------
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write every cached prefix and its KV to ``path`` (one safetensors file), atomically.
-
-        The file records :attr:`fingerprint` (set by ``wrap`` from the model) so that
-        :meth:`load` can refuse a file made with another model. See :mod:`prefixcache.persist`.
-        """
-        persist.save(self, path)
-
-    def load(self, path: str | os.PathLike[str]) -> int:
-        """Add the prefixes saved in ``path`` to this cache; returns the tokens stored.
-
-        The whole file is read and checked (format, checksums, the model's fingerprint,
-        layer shapes) before anything changes: a file that fails any check raises
-        ``ValueError`` and leaves the cache as it was.
-        """
-        return persist.load(self, path)
-
-    def export(self) -> list[SavedNode]:
-        """Every node, parents before children, with its KV rows copied to the CPU (under the lock).
-
-        Raises ``ValueError`` for a model with window or recurrent layers: their window rows
-        and snapshots have no place in the file format yet."""
-        return exporting.export(self._core)
-
-    def restore(self, paths: Iterable[tuple[array, torch.Tensor, Hashable]]) -> int:
-        """Store each ``(tokens, rows, namespace)`` in turn, ``rows[i]`` the KV row of ``tokens[i]``
-        (``[len(tokens), width]``), for the part not cached yet, making room as :meth:`insert`
-        does; the lock is held throughout. Returns the tokens stored."""
-        return exporting.restore(self._core, paths)
 
     def _check(self) -> None:
         """Assert every invariant of the tree, the pools and their bookkeeping. O(n)."""

@@ -1,18 +1,22 @@
 """A cache's tree and KV as plain data and back: what saving and loading
-(:mod:`prefixcache.persist`) go through."""
+(:mod:`prefixcache.persist`) go through, and the methods of :class:`PrefixCache` that
+save and load (:class:`Saving`, which it inherits)."""
 
 from __future__ import annotations
 
+import os
 from array import array
 from collections.abc import Hashable, Iterable
 from typing import NamedTuple
 
 import torch
 
+from .. import persist
 from ..arguments import as_tokens
+from ..persist.io import Persistable
 from .core import CacheCore
 
-__all__ = ["SavedNode", "export", "restore"]
+__all__ = ["SavedNode", "Saving", "export", "restore"]
 
 
 class SavedNode(NamedTuple):
@@ -63,3 +67,39 @@ def restore(core: CacheCore, paths: Iterable[tuple[array, torch.Tensor, Hashable
 
             stored += core.store_locked(as_tokens(tokens), None, 0, namespace, write).stored
     return stored
+
+
+class Saving:
+    """Saving a cache to a file and loading it back (a part of :class:`PrefixCache`)."""
+
+    _core: CacheCore
+
+    def save(self: Persistable, path: str | os.PathLike[str]) -> None:
+        """Write every cached prefix and its KV to ``path`` (one safetensors file), atomically.
+
+        The file records :attr:`fingerprint` (set by ``wrap`` from the model) so that
+        :meth:`load` can refuse a file made with another model. See :mod:`prefixcache.persist`.
+        """
+        persist.save(self, path)
+
+    def load(self: Persistable, path: str | os.PathLike[str]) -> int:
+        """Add the prefixes saved in ``path`` to this cache; returns the tokens stored.
+
+        The whole file is read and checked (format, checksums, the model's fingerprint,
+        layer shapes) before anything changes: a file that fails any check raises
+        ``ValueError`` and leaves the cache as it was.
+        """
+        return persist.load(self, path)
+
+    def export(self) -> list[SavedNode]:
+        """Every node, parents before children, with its KV rows copied to the CPU (under the lock).
+
+        Raises ``ValueError`` for a model with window or recurrent layers: their window rows
+        and snapshots have no place in the file format yet."""
+        return export(self._core)
+
+    def restore(self, paths: Iterable[tuple[array, torch.Tensor, Hashable]]) -> int:
+        """Store each ``(tokens, rows, namespace)`` in turn, ``rows[i]`` the KV row of ``tokens[i]``
+        (``[len(tokens), width]``), for the part not cached yet, making room as :meth:`insert`
+        does; the lock is held throughout. Returns the tokens stored."""
+        return restore(self._core, paths)
