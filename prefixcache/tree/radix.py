@@ -9,6 +9,11 @@ are all host nodes, so a path is some device nodes, then some host nodes.
 The tree knows nothing of tensors. Methods take any sequence of ints and convert
 it, but an ``array('i')`` is used as it is.
 
+:class:`RadixTree` is built in three layers: its state and the reads over it
+(:mod:`prefixcache.tree.structure`), taking nodes out and relabelling them
+(:mod:`prefixcache.tree.removal`), and here what a request does: lookup, insertion
+and pins.
+
 >>> tree = RadixTree()
 >>> tree.insert([1, 2, 3, 4], array("q", [10, 11, 12, 13])).prefix_length
 0
@@ -21,38 +26,15 @@ it, but an ``array('i')`` is used as it is.
 
 from __future__ import annotations
 
-import sys
-import time
 from array import array
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from functools import partial
 
-from .check import check_tree
-from .node import (
-    DEVICE,
-    HOST,
-    EvictResult,
-    InsertResult,
-    MatchResult,
-    Node,
-    Retired,
-    Root,
-    Run,
-    Tier,
-    as_run,
-    common_length_raw,
-    namespace_key,
-    namespace_of,
-    path_length,
-    path_slots,
-    path_tokens,
-)
-from .order import EvictionOrder, is_candidate
+from .node import DEVICE, InsertResult, MatchResult, Node, Root, Run, as_run, common_length_raw, namespace_key
+from .order import is_candidate
+from .removal import ALL, TreeRemoval
 
-__all__ = ["RadixTree"]
-
-ALL = sys.maxsize
-"""``evict(ALL, tier)``: everything evictable in the tier."""
+__all__ = ["ALL", "RadixTree"]
 
 # A NamedTuple's __new__ is Python code, 0.2-0.3 us a call: a few % of an insert or a match.
 # tuple.__new__ makes the same object in C.
@@ -60,7 +42,7 @@ _insert_result = partial(tuple.__new__, InsertResult)
 _match_result = partial(tuple.__new__, MatchResult)
 
 
-class RadixTree:
+class RadixTree(TreeRemoval):
     """A radix tree from token sequences to pool slots, with LRU eviction per tier.
 
     Not thread-safe: :class:`prefixcache.cache.PrefixCache` holds the lock. Every
@@ -69,106 +51,6 @@ class RadixTree:
     (``time.monotonic_ns`` unless a test passes its own); ticks are made strictly
     increasing from it.
     """
-
-    def __init__(self, clock: Callable[[], int] = time.monotonic_ns) -> None:
-        self._roots: dict[Hashable, Root] = {}
-        self._order = EvictionOrder()  # exactly the candidates of each tier
-        self._lists = self._order.lists  # the same lists, for the hot loops
-        self._now = clock
-        self._last_tick = 0
-        self._size = 0  # tokens held by all nodes
-        self._tier_size = [0, 0]  # tokens held by device nodes, by host nodes
-        self._pinned_size = 0  # tokens held by nodes with pins > 0
-        self._n_nodes = 0  # non-root nodes
-
-    # -- reading ------------------------------------------------------------
-
-    @property
-    def size(self) -> int:
-        """Tokens cached, over all namespaces and tiers. O(1)."""
-        return self._size
-
-    def __len__(self) -> int:
-        return self._size
-
-    def tier_size(self, tier: Tier) -> int:
-        """Tokens whose KV is in ``tier``. O(1)."""
-        return self._tier_size[tier]
-
-    @property
-    def evictable_size(self) -> int:
-        """Tokens that eviction could free now: those of unpinned nodes. O(1)."""
-        return self._size - self._pinned_size
-
-    @property
-    def pinned_size(self) -> int:
-        """Tokens held by pinned nodes. O(1)."""
-        return self._pinned_size
-
-    @property
-    def n_nodes(self) -> int:
-        """Nodes in the tree, roots not counted. O(1)."""
-        return self._n_nodes
-
-    @property
-    def last_tick(self) -> int:
-        """The latest tick handed out (0 before any access)."""
-        return self._last_tick
-
-    def now(self) -> int:
-        """The clock's time now, in nanoseconds."""
-        return self._now()
-
-    def victim(self, tier: Tier = DEVICE) -> Node | None:
-        """The node of ``tier`` that eviction takes next (least recently used), or None. O(1)."""
-        return self._order.first(tier)
-
-    def root(self, namespace: Hashable = None) -> Root | None:
-        """The root of ``namespace``, or None while it holds nothing. O(1)."""
-        return self._roots.get(namespace_key(namespace))
-
-    def namespaces(self) -> list[Hashable]:
-        """Namespaces that hold at least one token (retired roots left out)."""
-        return [root.namespace for root in self._roots.values() if not isinstance(root.lookup, Retired)]
-
-    def iter_nodes(self, *, retired: bool = True) -> Iterator[Node]:
-        """Every non-root node, parents before children; ``retired=False`` leaves out those
-        under roots :meth:`retire_roots` set aside. O(n)."""
-        roots = self._roots.values()
-        stack: list[Node] = list(roots if retired else (r for r in roots if not isinstance(r.lookup, Retired)))
-        while stack:
-            node = stack.pop()
-            if node.parent is not None:
-                yield node
-            stack.extend(node.children.values())
-
-    namespace_of = staticmethod(namespace_of)
-    path_tokens = staticmethod(path_tokens)
-    path_slots = staticmethod(path_slots)
-    path_length = staticmethod(path_length)
-
-    def peek(self, tokens: Sequence[int], namespace: Hashable = None) -> int:
-        """Length of the longest cached prefix of ``tokens``, without splitting or touching. O(len(tokens))."""
-        toks = as_run(tokens)
-        node: Node | None = self._roots.get(namespace_key(namespace))
-        pos, n = 0, len(toks)
-        raw, width = toks.tobytes(), toks.itemsize  # as in _walk
-        while node is not None and pos < n:
-            child = node.children.get(toks[pos])
-            if child is None:
-                break
-            key = child.key
-            if not raw.startswith(key, pos * width):
-                return pos + common_length_raw(key, raw, pos)
-            pos += len(key)
-            node = child
-        return pos
-
-    def owned_slots(self, tier: Tier = DEVICE) -> Iterator[int]:
-        """Every slot of ``tier`` held by a node. O(tokens)."""
-        for node in self.iter_nodes():
-            if node.tier == tier:
-                yield from node.slots
 
     # -- matching and inserting ---------------------------------------------
 
@@ -407,159 +289,3 @@ class RadixTree:
                 lists[cur.tier].add(cur)
             cur = cur.parent
         self._pinned_size -= freed
-
-    # -- eviction -----------------------------------------------------------
-
-    def evict(
-        self,
-        n_tokens: int,
-        tier: Tier = DEVICE,
-        *,
-        older_than: int | None = None,
-        demote: Callable[[Node], bool] | None = None,
-    ) -> EvictResult:
-        """Free ``n_tokens`` tokens of ``tier``, least recently used candidates first: the one
-        eviction loop, for every caller.
-
-        Each candidate is offered to ``demote`` first (a device node that it moves to the
-        host tier, returning True, leaves the tree with its KV elsewhere); otherwise it is
-        dropped whole, with whatever hangs below it (for a device node, its host
-        subtree), so more may be freed than asked. When fewer than ``n_tokens`` can go,
-        everything that can goes; ``evict(ALL, tier)`` empties what is evictable.
-        ``older_than`` stops at the first candidate touched at or after that tick (expiry).
-        A parent left without children becomes a candidate in turn. ``evict(0)`` is always
-        safe and does nothing. O(k log n) for k nodes taken.
-
-        Raises ``ValueError`` for a negative ``n_tokens``.
-        """
-        if n_tokens < 0:
-            raise ValueError(f"n_tokens: expected an int >= 0, got {n_tokens!r}")
-        freed = total = moved = 0
-        slots, host_slots, window, snapshots = array("q"), array("q"), array("q"), array("q")
-        tier_slots = slots if tier == DEVICE else host_slots
-        candidates = self._order.of(tier)
-        while freed < n_tokens and candidates:
-            victim = candidates[0]
-            if older_than is not None and victim.tick >= older_than:
-                break
-            if demote is not None and demote(victim):
-                freed += len(victim.key)
-                moved += len(victim.key)
-                continue
-            before = len(tier_slots)
-            total += self._drop(victim, slots, host_slots, window, snapshots)
-            freed += len(tier_slots) - before
-        return EvictResult(total, slots, host_slots, moved, window, snapshots)
-
-    def drop(self, node: Node) -> EvictResult:
-        """Remove ``node`` and everything below it (all unpinned). O(k log n) for k nodes.
-
-        Raises ``ValueError`` when ``node`` is pinned or a root.
-        """
-        if node.pins or node.parent is None:
-            raise ValueError(f"node: {node!r} is pinned or a root; only unpinned nodes can be dropped")
-        slots, host_slots, window, snapshots = array("q"), array("q"), array("q"), array("q")
-        n = self._drop(node, slots, host_slots, window, snapshots)
-        return EvictResult(n, slots, host_slots, 0, window, snapshots)
-
-    def _drop(self, node: Node, slots: array, host_slots: array, window: array, snapshots: array) -> int:
-        """Remove ``node`` (unpinned, not a root) and everything below it, adding what they held to
-        the arrays; returns how many tokens went."""
-        parent = node.parent
-        assert parent is not None
-        parent_listed = is_candidate(parent)  # losing a child never unlists it
-        lists = self._lists
-        tier_size = self._tier_size
-        n = 0
-        for sub in (node,) if not node.children else self._subtree(node):  # mostly a leaf
-            if is_candidate(sub):
-                lists[sub.tier].remove(sub)
-            (slots if sub.tier == DEVICE else host_slots).extend(sub.slots)
-            if sub.wslots:
-                window.extend(sub.wslots)
-            if sub.snap >= 0:
-                snapshots.append(sub.snap)
-            tier_size[sub.tier] -= len(sub.key)
-            n += len(sub.key)
-            self._n_nodes -= 1
-        del parent.children[node.key[0]]
-        if node.tier == DEVICE:
-            parent.device_children -= 1
-        self._size -= n
-        if isinstance(parent, Root):
-            if not parent.children:
-                del self._roots[parent.lookup]
-        elif not parent_listed and is_candidate(parent):
-            lists[parent.tier].add(parent)
-        return n
-
-    def move(self, node: Node, tier: Tier, slots: array) -> None:
-        """Record that ``node``'s KV now lives in ``tier`` at ``slots``; the old slots are the caller's.
-
-        To the host: ``node`` must be unpinned with no device child. To the device: its
-        parent must be on the device. Recency is kept. O(log n).
-        """
-        parent = node.parent
-        if parent is None or node.tier == tier or len(slots) != len(node.key):
-            raise ValueError(f"node: cannot move {node!r} to tier {tier.name} with {len(slots)} slots")
-        if tier == HOST and (node.pins or node.device_children):
-            raise ValueError(f"node: {node!r} is pinned or has device children; it must stay on the device")
-        if tier == DEVICE and parent.tier != DEVICE:
-            raise ValueError(f"node: the parent of {node!r} is on the host; move it to the device first")
-        for n in (node, parent):
-            self._order.remove_if_candidate(n)
-        self._tier_size[node.tier] -= len(node.key)
-        self._tier_size[tier] += len(node.key)
-        node.tier = tier
-        node.slots = slots
-        parent.device_children += 1 if tier == DEVICE else -1
-        for n in (node, parent):
-            self._order.add_if_candidate(n)
-
-    def relabel_slots(self, table: Sequence[int], tier: Tier = DEVICE) -> None:
-        """Replace every slot ``s`` of ``tier`` held by the tree with ``table[s]``. O(tokens)."""
-        for node in self.iter_nodes():
-            if node.tier == tier:
-                node.slots = array("q", map(table.__getitem__, node.slots))
-
-    def relabel_window(self, table: Sequence[int]) -> None:
-        """Replace every window slot ``s`` with ``table[s]``. O(nodes + window rows)."""
-        for node in self.iter_nodes():
-            if node.wslots:
-                node.wslots = array("q", map(table.__getitem__, node.wslots))
-
-    def relabel_snapshots(self, table: Sequence[int]) -> None:
-        """Replace every snapshot slot ``s`` with ``table[s]``. O(nodes)."""
-        for node in self.iter_nodes():
-            if node.snap >= 0:
-                node.snap = table[node.snap]
-
-    def retire_roots(self) -> None:
-        """Set every namespace's root aside: no lookup finds its nodes any more, while what
-        holds them (pins of requests in flight) stays valid; the nodes go as any others do
-        (eviction, ``evict(ALL)``). O(namespaces)."""
-        for key in list(self._roots):
-            root = self._roots.pop(key)
-            root.lookup = Retired(root.namespace)
-            self._roots[root.lookup] = root
-
-    @staticmethod
-    def _subtree(top: Node) -> Iterator[Node]:
-        stack = [top]
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(node.children.values())
-
-    # -- checking -----------------------------------------------------------
-
-    def _check(self) -> None:
-        """Assert every structural invariant (see :mod:`prefixcache.tree.check`). O(n)."""
-        check_tree(
-            self._roots,
-            self._order,
-            size=self._size,
-            tier_size=self._tier_size,
-            pinned_size=self._pinned_size,
-            n_nodes=self._n_nodes,
-        )
