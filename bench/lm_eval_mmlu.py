@@ -41,7 +41,7 @@ from lm_eval.tasks import TaskManager
 from transformers import AutoTokenizer
 
 import prefixcache
-from prefixcache.__main__ import DTYPES
+from prefixcache.benchmark.cli import DTYPES
 from prefixcache.benchmark.report import machine
 from prefixcache.lm_eval import PrefixCacheLM
 from prefixcache.lm_eval.offline_task import write_task

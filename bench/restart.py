@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import prefixcache
-from prefixcache.__main__ import DTYPES
+from prefixcache.benchmark.cli import DTYPES
 from prefixcache.benchmark.report import machine
 from prefixcache.benchmark.workloads import make_workload
 

@@ -17,9 +17,10 @@ import prefixcache
 from prefixcache.__main__ import main
 from prefixcache.benchmark import report
 from prefixcache.benchmark.continuous import HfContinuousBatching
+from prefixcache.benchmark.ideal import Ideal
 from prefixcache.benchmark.per_request import STEPS, measure
 from prefixcache.benchmark.runner import run_workload
-from prefixcache.benchmark.systems import HfManual, Ideal, NoCache, PrefixCached, padded_requests
+from prefixcache.benchmark.systems import HfManual, NoCache, PrefixCached, padded_requests
 from prefixcache.benchmark.workloads import Request, Workload, batches, make_workload, prompt_lengths
 from prefixcache.hf import PRESETS
 

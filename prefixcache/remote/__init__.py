@@ -6,7 +6,8 @@ Importing this package does not import redis-py; making a :class:`RemoteTier` do
 from .chunks import DEFAULT_CHUNK_TOKENS, ChunkLayout
 from .codec import ChunkError
 from .counters import RemoteStats
-from .tier import RemoteRows, RemoteTier
+from .reader import RemoteRows
+from .tier import RemoteTier
 from .url import RedisURL, parse_redis_url
 from .writer import RowsProvider
 

@@ -11,13 +11,16 @@ Redis is a cache here, never a source of truth: whatever it returns is checked
 (see :mod:`prefixcache.remote.codec`), and whatever goes wrong with it (down,
 slow, refusing, evicting, returning garbage) costs a request at most one call's
 timeout and is counted in :attr:`RemoteTier.stats`, never raised.
+
+The tier checks its arguments and hands the work on: reads to a
+:class:`~prefixcache.remote.reader.ChunkReader`, writes to a
+:class:`~prefixcache.remote.writer.ChunkWriter` and its thread.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Hashable, Sequence
-from typing import NamedTuple
+from collections.abc import Hashable, Sequence
 
 import torch
 
@@ -25,29 +28,15 @@ from ..arguments import as_tokens, check_int
 from ..kv.layout import LayerSpec
 from .backoff import Backoff
 from .chunks import DEFAULT_CHUNK_TOKENS, ChunkLayout
-from .codec import ChunkError, decode
 from .counters import RemoteCounters, RemoteStats
-from .keys import chunk_digests, redis_key, root_digest
+from .keys import chunk_digests, root_digest
 from .known import KnownChunks
 from .link import Link
+from .reader import ChunkReader, RemoteRows
 from .url import RedisURL, parse_redis_url
 from .writer import ChunkWriter, Job, RowsProvider
 
 __all__ = ["RemoteRows", "RemoteTier"]
-
-
-class RemoteRows(NamedTuple):
-    """What :meth:`RemoteTier.fetch` found: the KV rows of tokens ``[start, start + len(rows))``."""
-
-    start: int
-    """The first token the rows hold: a multiple of the chunk size, at or before ``have``."""
-    rows: torch.Tensor
-    """``[n, width]`` on the CPU in the tier's dtype; ``n`` a multiple of the chunk size (0: nothing found)."""
-
-    @property
-    def stop(self) -> int:
-        """One past the last token the rows hold."""
-        return self.start + self.rows.shape[0]
 
 
 class RemoteTier:
@@ -121,6 +110,9 @@ class RemoteTier:
         self._link = Link(
             self.url, timeout=self.timeout, backoff=backoff, counters=self._counters, on_recover=self._known.clear
         )
+        self._reader = ChunkReader(
+            self._link, self.layout, self._known, self._counters, batch_chunks=batch_chunks, pin_memory=self.pin_memory
+        )
         self._writer = ChunkWriter(
             self._link, self.layout, self._known, capacity=queue_chunks, batch_chunks=batch_chunks
         )
@@ -160,71 +152,10 @@ class RemoteTier:
         """
         tokens = as_tokens(tokens)
         check_int(have, "have", 0, len(tokens))
-        layout, chunk = self.layout, self.layout.chunk_tokens
-        root = root_digest(self.fingerprint, namespace, layout)
-        first, last = have // chunk, len(tokens) // chunk
-        empty = RemoteRows(first * chunk, torch.empty(0, layout.width, dtype=layout.dtype))
-        if self._closed or last <= first:
-            return empty
-        self._counters.add(fetches=1)
-        digests = chunk_digests(root, tokens, chunk, last)[first:]
-        out: torch.Tensor | None = None
-
-        def rows_of(i: int) -> torch.Tensor:  # chunk i of the run, allocated once a value arrives
-            nonlocal out
-            if out is None:
-                out = torch.empty(len(digests) * chunk, layout.width, dtype=layout.dtype, pin_memory=self.pin_memory)
-            return out[i * chunk : (i + 1) * chunk]
-
-        got = 0
-        for at in range(0, len(digests), self.batch_chunks):
-            batch = digests[at : at + self.batch_chunks]
-            values = self._mget(batch)
-            if values is None:
-                break
-            valid = self._decode_run(batch, values, rows_of, at)
-            got += valid
-            if valid < len(batch):
-                # What follows a missing or bad chunk is unreachable: forget it all, so that
-                # the next submit checks and rewrites it (after a flush or a restart, say).
-                for digest in digests[got + 1 :]:
-                    self._known.forget(digest)
-                break
-        if got == 0 or out is None:
-            return empty
-        self._counters.add(hit_chunks=got, hit_tokens=(first + got) * chunk - have)
-        return RemoteRows(first * chunk, out[: got * chunk])
-
-    def _mget(self, digests: list[bytes]) -> list[object] | None:
-        """The values of ``digests`` in one round trip, or None if the call was skipped or failed."""
-        keys = [redis_key(d) for d in digests]
-        values = self._link.call(
-            lambda client: client.mget(keys), check=lambda reply: isinstance(reply, list) and len(reply) == len(keys)
-        )
-        if values is not None:
-            self._counters.add(bytes_fetched=sum(len(v) for v in values if isinstance(v, bytes)))
-        return values
-
-    def _decode_run(
-        self, digests: list[bytes], values: list[object], rows_of: Callable[[int], torch.Tensor], at: int
-    ) -> int:
-        """Decode ``values`` into ``rows_of(at)``, ``rows_of(at + 1)``, ... up to the first missing or
-        invalid one; return how many were valid."""
-        for i, (digest, value) in enumerate(zip(digests, values, strict=True)):
-            if value is None:
-                self._known.forget(digest)  # evicted, or never stored: it may be written again
-                self._counters.add(missing_chunks=1)
-                return i
-            try:
-                if not isinstance(value, bytes):
-                    raise ChunkError("header", f"a reply of type {type(value).__name__}, not bytes")
-                decode(value, digest=digest, layout=self.layout, out=rows_of(at + i))
-            except ChunkError:
-                self._known.bad(digest)  # the next write of this chunk replaces it
-                self._counters.add(invalid_chunks=1)
-                return i
-            self._known.stored(digest)
-        return len(digests)
+        root = root_digest(self.fingerprint, namespace, self.layout)
+        if self._closed:
+            return self._reader.nothing(have)
+        return self._reader.read(root, tokens, have)
 
     # -- writing --------------------------------------------------------------------------
 
