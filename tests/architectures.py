@@ -26,11 +26,13 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 import prefixcache
 from prefixcache.hf.batch import left_pad
+
+from .tiny_models import from_config
 
 MODEL_TYPES = sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 ROOT = str(Path(__file__).resolve().parents[1]) + "/"
@@ -424,8 +426,7 @@ def build(model_type: str) -> tuple[Any, torch.dtype]:
     ids = torch.tensor([ordinary_ids(config)[:4]])
     for dtype in (torch.float64, torch.float32):
         torch.manual_seed(0)
-        # Eager experts: the grouped matmul of the default takes no float64.
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, experts_implementation="eager").eval()
+        model = from_config(config, dtype)
         try:
             with torch.no_grad():
                 model(ids)

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+import transformers
+from transformers import CONFIG_MAPPING, AutoConfig, DynamicCache
 
 import prefixcache
+from prefixcache.hf.kvcache import layer_roles
 
 from .architectures import ordinary_ids, tiny_config
+from .tiny_models import from_config
 
 WINDOW = 8
 """Every sliding window and attention chunk: shorter than the prompts, which cross it."""
@@ -31,15 +35,32 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def build(shape: str, seed: int = 0) -> Any:
-    """The tiny float64 model of ``shape`` (a key of :data:`SHAPES`), in eval mode."""
+def build(shape: str, seed: int = 0, *, held: bool = True) -> Any:
+    """The tiny float64 model of ``shape`` (a key of :data:`SHAPES`), in eval mode.
+
+    The test is skipped where the installed transformers has no such model, or (``held``)
+    keeps its layers' cache in a form prefixcache cannot hold: releases before 5.14, where
+    ``wrap`` refuses these models, as ``test_a_release_that_cannot_hold_a_layer_refuses_it``
+    checks."""
     model_type, overrides = SHAPES[shape]
+    if model_type not in CONFIG_MAPPING:
+        pytest.skip(f"transformers {transformers.__version__} has no model type {model_type!r}")
     values = {**tiny_config(model_type).to_dict(), **overrides}
     if "layer_types" in overrides:
         values["num_hidden_layers"] = len(overrides["layer_types"])
     config = AutoConfig.for_model(model_type, **{k: v for k, v in values.items() if k != "model_type"})
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float64, experts_implementation="eager").eval()
+    model = from_config(config, torch.float64)
+    reason = unheld(model)
+    if held and reason is not None:
+        pytest.skip(f"transformers {transformers.__version__}: {shape} keeps its cache in a {reason}")
+    return model
+
+
+def unheld(model: Any) -> str | None:
+    """Why prefixcache cannot hold a layer of the cache this transformers release makes for
+    ``model``, or None."""
+    return next((role for role in layer_roles(DynamicCache(config=model.config)) if isinstance(role, str)), None)
 
 
 def tokens(model: Any, seed: int, n: int) -> torch.Tensor:

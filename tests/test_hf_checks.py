@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import prefixcache
 from prefixcache import UnsupportedModelError
 
+from . import layer_kinds
 from .tiny_models import VOCAB, config_for, tiny_model
 
 
@@ -30,8 +31,13 @@ def build(config: Any) -> Any:
     ],
 )
 def test_sliding_window_models_are_served_exactly(model_type: str, options: dict[str, Any]) -> None:
-    """Once refused: each layer now gets what its own cache would hold (see tests/test_windows.py)."""
+    """Once refused: each layer now gets what its own cache would hold (see tests/test_windows.py),
+    where the installed transformers' window layers can be held; refused by name where not."""
     model = build(config_for(model_type, **options))
+    if layer_kinds.unheld(model) is not None:
+        with pytest.raises(UnsupportedModelError, match=r"DynamicSlidingWindowLayer .*as this transformers release"):
+            prefixcache.wrap(model, "1MiB")
+        return
     cached = prefixcache.wrap(model, "1MiB")
     ids = torch.arange(3, 40).unsqueeze(0)
     cached.prefill(ids[:, :20])
@@ -40,6 +46,19 @@ def test_sliding_window_models_are_served_exactly(model_type: str, options: dict
     with torch.no_grad():
         want = model(ids).logits[:, 20:]
     assert float((res.logits - want).abs().max()) <= 1e-6 * (1 + float(want.abs().max()))
+
+
+@pytest.mark.parametrize("shape", sorted(layer_kinds.SHAPES))
+def test_a_release_that_cannot_hold_a_layer_refuses_it(shape: str) -> None:
+    """Window and state layers are held as transformers 5.25 keeps them; an older release's
+    (a window layer that drops what it computes, a state layer kept otherwise) is refused,
+    never served: by the layer's name, or earlier, where the model returns no such cache."""
+    model = layer_kinds.build(shape, held=False)
+    if layer_kinds.unheld(model) is None:
+        assert not prefixcache.wrap(model, "1MiB").cache.kinds.plain
+    else:
+        with pytest.raises(UnsupportedModelError, match=rf"model type '{model.config.model_type}'"):
+            prefixcache.wrap(model, "1MiB")
 
 
 def test_a_recurrent_model_whose_cache_does_not_continue_a_prompt_is_refused() -> None:

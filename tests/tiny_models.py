@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 VOCAB = 96
 
@@ -46,6 +46,17 @@ CORE = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2", "gpt_neox", "opt"
 
 
 _NO_HEAD_DIM = {"falcon"}  # head_dim is derived there, and read-only
+
+
+# Releases with a choice of experts implementation (5.x): eager, since the grouped matmul
+# of the default takes no float64.
+_EXPERTS = {"experts_implementation": "eager"} if hasattr(PretrainedConfig, "_experts_implementation") else {}
+
+
+def from_config(config: Any, dtype: torch.dtype) -> Any:
+    """``AutoModelForCausalLM.from_config`` in ``dtype``, eval mode, eager experts where the
+    installed transformers has a choice."""
+    return AutoModelForCausalLM.from_config(config, dtype=dtype, **_EXPERTS).eval()
 
 
 def config_for(model_type: str, **overrides: Any) -> Any:

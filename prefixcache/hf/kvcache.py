@@ -234,13 +234,36 @@ def layer_roles(cache: Any) -> list[Role | str]:
     position would record the state's history too)."""
     known: dict[Any, Any] = {
         DynamicLayer: lambda layer: Role(True, 0, 0),
-        _cache_class("DynamicSlidingWindowLayer"): lambda layer: Role(False, int(layer.sliding_window), 0),
-        _cache_class("LinearAttentionLayer"): lambda layer: Role(False, 0, int(layer.number_of_states)),
-        _cache_class("LinearAttentionAndFullAttentionLayer"): lambda layer: Role(True, 0, int(layer.number_of_states)),
+        _cache_class("DynamicSlidingWindowLayer"): _window_role,
+        _cache_class("LinearAttentionLayer"): lambda layer: _state_role(layer, full=False),
+        _cache_class("LinearAttentionAndFullAttentionLayer"): lambda layer: _state_role(layer, full=True),
         _cache_class("DummyLayer"): lambda layer: Role(False, 0, 0),
     }
     known.pop(None, None)  # classes this transformers release does not have
     return [known[type(layer)](layer) if type(layer) in known else type(layer).__name__ for layer in cache.layers]
+
+
+_UPGRADE = "as this transformers release keeps it (transformers 5.25 keeps it in a form prefixcache holds)"
+
+
+def _window_role(layer: Any) -> Role | str:
+    # A window layer of an older release drops what falls out of its window as it computes,
+    # so the positions a request computes cannot all be stored.
+    if not hasattr(layer, "record_past"):
+        return f"{type(layer).__name__} that cannot record the positions it drops, {_UPGRADE}"
+    return Role(False, int(layer.sliding_window), 0)
+
+
+def _state_role(layer: Any, *, full: bool) -> Role | str:
+    # A linear-attention layer of an older release keeps its states otherwise (5.24 counts
+    # no cumulative length; earlier ones keep one state). A hybrid layer passes its
+    # arguments on to the linear-attention layer's lazy_initialization.
+    linear: Any = _cache_class("LinearAttentionLayer")
+    takes = inspect.signature(linear.lazy_initialization).parameters
+    held = all(hasattr(layer, name) for name in ("number_of_states", "has_previous_state", "cumulative_length_linear"))
+    if not held or "state_idx" not in takes or "conv_kernel_size" not in takes:
+        return f"{type(layer).__name__} set up otherwise than prefixcache builds one, {_UPGRADE}"
+    return Role(full, 0, int(layer.number_of_states))
 
 
 class Parts(NamedTuple):
