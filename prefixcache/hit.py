@@ -80,6 +80,12 @@ class Hit:
         return self._namespace
 
     @property
+    def claimed(self) -> bool:
+        """Whether its request holds a claim to compute what follows the hit, which other
+        requests for the same tokens may be waiting on (see :mod:`prefixcache.claims`)."""
+        return self._lease.claim is not None
+
+    @property
     def tokens(self) -> array:
         """The token ids that were looked up (``array('i')``; the first ``length`` are cached)."""
         return self._tokens
