@@ -84,6 +84,17 @@ def test_beams_store_the_prompt_only(cached: prefixcache.CachedModel) -> None:
     assert all(cached.cache.cached_length(row) == 20 for row in out)
 
 
+def test_a_beam_search_on_a_prompt_cached_but_its_last_token_stores_that_token(
+    cached: prefixcache.CachedModel,
+) -> None:
+    """Such a request holds no claim (nothing before its last token is left to compute), and
+    its beams are not stored: the prompt is stored all the same."""
+    ids = torch.arange(3, 23).unsqueeze(0)
+    cached.prefill(ids[:, :19])
+    cached.generate(ids, max_new_tokens=4, num_beams=3)
+    assert cached.cache.cached_length(ids[0]) == 20
+
+
 @pytest.mark.parametrize(
     ("options", "named"),
     [

@@ -193,10 +193,11 @@ def generate(serving: Serving, input_ids: Any, attention_mask: Any, namespace: H
             if width - 1 > length:
                 _, snapshots = in_segments(serving, batch, hits, kv_cache, length, 1, True, end=width - 1)
                 store(serving, batch, hits, kv_cache, snapshots=snapshots)
-        elif any(hit.claimed for hit in hits):
+        elif beams or any(hit.claimed for hit in hits):
             # The prompt is stored after generate's first step, not after its last: requests
-            # waiting for this one's claim need the prompt, not the reply. (Without a claim no
-            # one waits, and the prompt is stored with the reply, one hook fewer in generate.)
+            # waiting for this one's claim need the prompt, not the reply, and of a beam
+            # search only the prompt is known. (Otherwise no one waits, and the prompt is
+            # stored with the reply: one hook fewer in generate.)
             early = PromptStore(lambda: store(serving, batch, hits, kv_cache, prompt_only=True, expand=expand))
         if expand > 1:  # generate runs each prompt's rows on one copy of its prefix
             kv_cache = expand_rows(kv_cache, expand)
