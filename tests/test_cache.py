@@ -190,6 +190,28 @@ def test_drop_namespace_forgets_one_namespace_but_what_requests_hold() -> None:
     cache._check()
 
 
+def test_extend_carries_a_hit_on_below_what_its_request_inserted() -> None:
+    cache = make_cache(64)
+    prompt = list(range(1, 11))
+    cache.insert(prompt[:4], fake_kv(prompt[:4]))
+    hit = cache.match(prompt)
+    assert hit.length == 4 and cache.stats.hit_tokens == 4
+    cache.insert(prompt[:8], fake_kv(prompt[:8]), hit=hit)
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match="max_length"):
+            cache.extend(hit, bad)  # type: ignore[arg-type]
+    longer = cache.extend(hit, 6)
+    assert longer.length == 6 and longer.tokens == hit.tokens
+    assert cache.stats.hit_tokens == 4  # counts nothing
+    assert cache.extend(longer).length == 8
+    for got, want in zip(cache.gather(longer, 6), fake_kv(prompt[:6]), strict=True):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    hit.release()  # they share one pin
+    with pytest.raises(ValueError, match="released"):
+        cache.extend(longer)
+    cache._check()
+
+
 def test_reused_counts_only_what_the_request_used() -> None:
     cache = make_cache(64)
     prompt = list(range(1, 11))

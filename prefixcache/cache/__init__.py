@@ -189,6 +189,14 @@ class PrefixCache(Administration, Saving):
         """
         return self._lookup.match(tokens, namespace, max_length, claim, wait)
 
+    def extend(self, hit: Hit, max_length: int | None = None) -> Hit:
+        """``hit`` carried on below its node as far as the cache now holds and can serve its
+        tokens (at most ``max_length``), still pinned: for a request that inserted what
+        follows its hit and reads it back. Returns the longer hit; ``hit`` shares its pin
+        (release either). Counts nothing: ``stats.hit_tokens`` keeps what was matched.
+        ``ValueError`` if the hit was released or comes from another cache."""
+        return self._lookup.extend(hit, max_length)
+
     def reused(self, hit: Hit, length: int) -> None:
         """Record that ``hit``'s request reused only its first ``length`` tokens (a row of a
         padded batch reuses what every row shares): ``stats.hit_tokens`` counts those

@@ -158,6 +158,19 @@ class Lookup:
                 if lease.claim is not None:  # its request computed nothing it stored: a waiter takes over
                     self.end_claim_locked(lease)
 
+    def extend(self, hit: Hit, max_length: int | None) -> Hit:
+        self.check_hit(hit)
+        if max_length is not None:
+            check_count(max_length, "max_length")
+        toks, lease = hit.tokens, hit.lease
+        limit = len(toks) if max_length is None else min(max_length, len(toks))
+        with self.core.lock:
+            if lease.released:
+                raise ValueError("hit: already released; match again")
+            if limit > len(lease.slots):
+                self.extend_locked(lease, toks, limit, hit.namespace)
+        return Hit(lease, hit.namespace, toks)
+
     def reused(self, hit: Hit, length: int) -> None:
         self.check_hit(hit)
         check_int(length, "length", 0, hit.length)
