@@ -692,15 +692,11 @@ class Checks:
 
     def generate_batch(self) -> None:
         """Rows that hit different lengths. A model with window or recurrent layers can cut a
-        row's prefix only where its window or state was kept, and a padded batch reuses one
-        length every row can be cut at: here, none (the second row's hit ends where nothing
-        was kept). Reuse is asked of it in c2, where both rows' prompts are cached."""
+        row's prefix only where its window or state was kept: the second row's hit ends
+        where nothing was, so it is first computed alone up to where the rows meet."""
         self.batch_rows = [torch.cat([self.system, self.fresh(6)]), torch.cat([self.system[:10], self.fresh(4)])]
         ids, mask = left_pad(self.batch_rows, self.pad)
-        plain = self.cached.cache.kinds.plain
-        self.generate(ids, mask, "generate", reuse=plain)
-        if not plain:
-            self.notes.append("c1: window or recurrent layers; reuse asked of c2")
+        self.generate(ids, mask, "generate")
 
     def prefill_batch(self) -> None:
         """Both rows' prompts are cached now: each row's logits from its first computed

@@ -328,20 +328,26 @@ def test_a_cache_built_from_kv_is_the_one_its_updates_build(model_type: str) -> 
 
 @pytest.mark.parametrize("shape", ["llama", "qwen3_5", "gemma3"])
 def test_a_padded_batch_counts_the_hits_it_reused(shape: str) -> None:
-    """A row of a padded batch reuses only the cached length every row shares (less where a
-    recurrent or window model cannot cut there): stats.hit_tokens counts that, not each
-    row's own match."""
+    """A row of a padded batch reuses only the cached length every row shares: stats.hit_tokens
+    counts that, not each row's own match. A recurrent or window model's row that cannot be
+    cut there is computed alone up to it first, and counts only what it took from the cache."""
     model = layer_kinds.build(shape) if shape != "llama" else tiny_model("llama")
     cached = prefixcache.wrap(model, "1MiB")
     a = layer_kinds.tokens(model, 1, 40) if shape != "llama" else torch.arange(3, 43)
     b = layer_kinds.tokens(model, 2, 28) if shape != "llama" else torch.arange(50, 78)
     cached.prefill(a[None, :33])
     cached.prefill(b[None, :23])
-    ids, mask = left_pad([a, b])
-    pads = [ids.shape[1] - len(a), ids.shape[1] - len(b)]
+    ids, mask = left_pad([a, b])  # b has 12 padding tokens: the rows' cached lengths meet at 33
     before = cached.cache.stats.hit_tokens
     res = cached.prefill(ids, mask)
-    reused = sum(max(0, res.cached_length - pad) for pad in pads)
-    assert cached.cache.stats.hit_tokens - before == reused
+    assert res.cached_length == 33
     if shape == "llama":
-        assert reused == 33 + 21  # the short row's 23 cached, cut to the shared length
+        assert cached.cache.stats.hit_tokens - before == 33 + 21  # b's 23 cached, cut where the rows meet
+    else:
+        # b's state or window is kept at 23 (where its prefill ended) and 22, not at 21: it is
+        # computed alone from its start up to 21, where the batch then reuses it.
+        assert cached.cache.stats.hit_tokens - before == 33
+        assert cached.prefill(b[None, :22]).cached_length == 21  # kept there now
+    with torch.no_grad():
+        want = model(ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits[:, 33:]
+    assert layer_kinds.close(res.logits, want)

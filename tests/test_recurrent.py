@@ -79,6 +79,24 @@ def test_a_left_padded_batch_of_rows_with_cached_prefixes(shape: str) -> None:
     cached.cache._check()
 
 
+@pytest.mark.parametrize("shape", ["qwen3_5", "lfm2", "gemma3"])
+def test_a_batch_of_questions_after_one_system_prompt_reuses_it(shape: str) -> None:
+    """Rows of different lengths after one cached system prompt: each is cut where the rows'
+    cached lengths meet, inside the prompt for the rows with more padding, where no state or
+    window was kept. Those rows are computed alone up to there first; the batch reuses it."""
+    cached = wrapped(shape, snapshot_interval=0) if shape != "gemma3" else prefixcache.wrap(build(shape), "1MiB")
+    model = cached.model
+    system = tokens(model, 30, 24)
+    cached.generate(torch.cat([system, tokens(model, 31, 4)])[None], max_new_tokens=1, do_sample=False)
+    cached.generate(torch.cat([system, tokens(model, 32, 4)])[None], max_new_tokens=1, do_sample=False)
+    rows = [torch.cat([system, tokens(model, 40 + i, n)]) for i, n in enumerate((9, 3, 6))]
+    ids, mask = left_pad(rows)
+    before = cached.cache.stats.hit_tokens
+    assert same_generation(cached, ids, 3, mask)
+    assert cached.cache.stats.hit_tokens - before >= len(system)  # the longest row's whole prompt
+    cached.cache._check()
+
+
 def test_a_few_shot_header_is_computed_at_most_twice() -> None:
     """Many questions after one header: the first computes it whole, the second from its last
     snapshot and leaves one at the header's end, every later one hits the header."""

@@ -25,7 +25,7 @@ from . import segments
 from .batch import Batch, read_prompts, sequences_per_prompt
 from .kvcache import expand_rows, returned_cache
 from .passthrough import generate_as_is, own_cache, prefill_as_is, reason_for
-from .reuse import model_cache, reuse
+from .reuse import CatchUp, model_cache, reuse
 from .serving import Serving
 from .store import PromptStore, store
 from .verify import rng_state, with_step_logits
@@ -105,7 +105,8 @@ def prefill_batch(
     if reason is not None:
         return PrefillResult(prefill_as_is(serving, batch, keep, reason, numbered), 0)
     key = serving.key(namespace, batch, regime, numbered)
-    with reuse(serving.cache, batch, key, serving.positions, max_cached_length) as (hits, length):
+    catch_up = catch_up_with(serving, numbered)
+    with reuse(serving.cache, batch, key, serving.positions, max_cached_length, catch_up) as (hits, length):
         kv_cache = model_cache(serving.cache, serving.builder, batch, hits, length, serving.layers)
         if serving.layers.kinds.states is not None:
             logits, snapshots = in_segments(serving, batch, hits, kv_cache, length, keep, numbered)
@@ -160,6 +161,21 @@ def in_segments(
     return logits, segments.rows_of(batch, wanted, captured)
 
 
+def catch_up_with(serving: Serving, numbered: bool) -> CatchUp | None:
+    """For a model with window or recurrent layers, how a row of a padded batch is computed
+    alone up to where the rows' cached lengths meet (see :func:`.reuse.reuse`); stored as a
+    request of one row would store it, so that the batch then reuses it."""
+    if serving.layers.plain or serving.regimes is not None:
+        return None
+
+    def catch_up(row: Batch, hit: Hit, start: int, end: int) -> None:
+        kv_cache = model_cache(serving.cache, serving.builder, row, [hit], start, serving.layers)
+        _, snapshots = in_segments(serving, row, [hit], kv_cache, start, 1, numbered, end=end)
+        store(serving, row, [hit], kv_cache, snapshots=snapshots if serving.layers.kinds.states else None)
+
+    return catch_up
+
+
 def generate(serving: Serving, input_ids: Any, attention_mask: Any, namespace: Hashable, kwargs: dict[str, Any]) -> Any:
     """:meth:`CachedModel.generate`."""
     if input_ids is None:
@@ -178,7 +194,7 @@ def generate(serving: Serving, input_ids: Any, attention_mask: Any, namespace: H
     key = serving.key(namespace, batch, regime, numbered=True)
     run_kwargs, rng, verifier = kwargs, None, serving.verifier
     expand, beams = sequences_per_prompt(serving.model, kwargs)
-    with reuse(serving.cache, batch, key, serving.positions) as (hits, length):
+    with reuse(serving.cache, batch, key, serving.positions, catch_up=catch_up_with(serving, True)) as (hits, length):
         kv_cache = model_cache(serving.cache, serving.builder, batch, hits, length, serving.layers)
         early: PromptStore | None = None
         width = batch.input_ids.shape[1]

@@ -15,7 +15,7 @@ For a left-padded batch of ``B`` prompts padded to ``P`` tokens (row ``r`` has
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import torch
@@ -27,16 +27,31 @@ from .kvcache import CacheBuilder
 from .layers import ModelLayers
 from .positions import Positions
 
-__all__ = ["aligned_length", "model_cache", "reuse"]
+__all__ = ["CatchUp", "aligned_length", "model_cache", "reuse"]
+
+
+CatchUp = Callable[[Batch, Hit, int, int], None]
+"""``catch_up(row, hit, start, end)``: compute the one-row batch ``row``'s positions
+``[start, end)`` on its ``hit`` (servable at ``start``) and store them, with a window
+or a snapshot at ``end``."""
 
 
 @contextlib.contextmanager
 def reuse(
-    cache: PrefixCache, batch: Batch, namespace: Hashable, positions: Positions, limit: int | None = None
+    cache: PrefixCache,
+    batch: Batch,
+    namespace: Hashable,
+    positions: Positions,
+    limit: int | None = None,
+    catch_up: CatchUp | None = None,
 ) -> Iterator[tuple[list[Hit], int]]:
     """Match and pin every row (leaving its last token to compute, and at most ``limit``
     tokens; none for a padded row of a model whose positions count the padding); yield
-    the hits and the common cached length C; release them all however the request ends."""
+    the hits and the common cached length C; release them all however the request ends.
+
+    A batch of a model with window or recurrent layers can be cut only where every row
+    can: with ``catch_up``, each row that holds more than that but cannot be cut where
+    the rows' cached lengths meet is first computed alone up to there (see :func:`_meet`)."""
     hits: list[Hit] = []
     # A lone request may wait for another computing its prefix; the rows of a batch never
     # wait (each leaves a claim, and a request holding claims must not wait on others).
@@ -48,15 +63,49 @@ def reuse(
             if not positions.row_reusable(pad) or not padded:
                 most = 0
             hits.append(cache.match(row, namespace=namespace, max_length=most, claim=most > 0, wait=wait))
+        cached = [hit.length for hit in hits]  # what each row takes from the cache
         length = aligned_length(cache, batch, hits)
-        for hit, pad in zip(hits, batch.pads, strict=True):
-            used = min(hit.length, max(0, length - pad))
-            if used < hit.length:  # what the row matched beyond the batch's shared length is computed again
+        if catch_up is not None and not cache.kinds.plain and len(hits) > 1:
+            length = _meet(cache, batch, hits, length, catch_up, cached)
+        for hit, pad, own in zip(hits, batch.pads, cached, strict=True):
+            used = min(own, max(0, length - pad))
+            if used < hit.length:  # what the row holds beyond that is computed (again)
                 cache.reused(hit, used)
         yield hits, length
     finally:
         for hit in hits:
             hit.release()
+
+
+def _meet(cache: PrefixCache, batch: Batch, hits: list[Hit], length: int, catch_up: CatchUp, cached: list[int]) -> int:
+    """Where the rows' cached lengths meet (the smallest ``pad + hit.matched``), computed for
+    each row that cannot be cut there, alone, from its last servable length before it; then
+    the batch's common cached length again. ``hits`` are extended in place where a row's
+    hit grew, and ``cached[r]`` lowered to where row ``r`` began computing.
+
+        row 0  |pad|====== cached ======|.... computed alone ....|  C   the batch from here
+        row 1  |      pad      |=== cached ===================== C
+    """
+    meet = min(pad + hit.matched for pad, hit in zip(batch.pads, hits, strict=True))
+    if meet <= length:
+        return length
+    for r, (hit, pad) in enumerate(zip(hits, batch.pads, strict=True)):
+        end = meet - pad
+        can = cache.servable(hit)
+        if end <= 0 or end in can:
+            continue
+        start = max(p for p in (*can.points, min(can.hi, end - 1)) if p < end and p in can)
+        row = Batch(
+            batch.input_ids[r : r + 1, pad:],
+            torch.ones_like(batch.input_ids[r : r + 1, pad:]),
+            (0,),
+            (batch.prompts[r],),
+        )
+        catch_up(row, hit, start, end)
+        cached[r] = min(cached[r], start)
+        if end > hit.length:
+            hits[r] = cache.extend(hit, end)
+    return aligned_length(cache, batch, hits)
 
 
 def aligned_length(cache: PrefixCache, batch: Batch, hits: list[Hit]) -> int:

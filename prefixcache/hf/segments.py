@@ -61,7 +61,8 @@ def run(
     """Compute padded positions ``[start, end)`` on ``cache`` (changed in place), one forward pass
     per segment between ``points``; return the logits of the last ``keep`` positions (all:
     ``keep = end - start``) and the snapshot rows (``[batch, width]``) after each segment, by
-    its end. ``position_kwargs(a, b)`` gives the position ids of ``[a, b)``, or none."""
+    its end (none for a model without recurrent layers). ``position_kwargs(a, b)`` gives the
+    position ids of ``[a, b)``, or none."""
     logits: list[torch.Tensor] = []
     captured: dict[int, torch.Tensor] = {}
     bounds = [start, *(p for p in points if start < p < end), end]
@@ -79,7 +80,8 @@ def run(
         )
         if wanted:
             logits.append(out.logits[:, -wanted:])
-        captured[b] = layers.snapshot_rows(cache)
+        if layers.kinds.states is not None:
+            captured[b] = layers.snapshot_rows(cache)
     return torch.cat(logits, dim=1), captured
 
 

@@ -148,12 +148,18 @@ def store_prompts(
         if window is None and snapshots is None:
             cache.insert(tokens, layers, offset=batch.pads[r], row=k, hit=hit)
             continue
+        below: Hit | None = hit
+        if row_ends is not None and row_ends[r] < hit.length:
+            # Computed up to a point inside the hit (a padded batch's row, alone, up to where
+            # the rows meet): nothing new but the window or snapshot there, found from the root.
+            tokens, below = TokenIds("i", tokens[: row_ends[r]]), None
         cache.insert(
             tokens,
             layers,
+            namespace=hit.namespace,
             offset=batch.pads[r],
             row=k,
-            hit=hit,
+            hit=below,
             window=window,
             window_offset=batch.pads[r] - window_skip,
             snapshots={n: rows for n, rows in (snapshots[k] if snapshots else {}).items() if n <= len(tokens)},
