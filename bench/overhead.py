@@ -1,23 +1,9 @@
 """What a cached request adds over the model's own work, and where that time goes.
 
-Workload (seeded): few-shot-shaped prompts (prefixcache/benchmark/workloads.py: 4
-subjects x a 600-token header, questions of 50-70 tokens, one token generated)
-on the built-in tiny model (float32, CPU unless --device says otherwise). Every
-prompt is cached before the clock starts, so each request reuses all but its last
-token: the model's work is one token's forward pass and generate's own
-bookkeeping, and the cache's is everything else.
-
-For each request (in a shuffled order) the script times ``cached.generate`` and,
-right after it, ``model.generate`` handed the same prefix KV ready-made in a
-DynamicCache (built outside the clock). The added cost is the difference; the
-median of the per-request differences is reported with its quartiles, beside the
-model's own time. Then each step of a cached request is timed alone, over the same
-prompts (median per step): checking the input, the match (and pin), gathering the
-prefix KV, building the DynamicCache, and the insert (here: finding everything
-already cached).
-
-The measurement itself is prefixcache/benchmark/per_request.py (``python -m prefixcache
-bench --overhead`` prints the same rows for the tiny and the default model).
+The measurement is prefixcache/benchmark/per_request.py, whose description of the
+workload, the method and the steps timed ``--help`` prints below this one
+(``python -m prefixcache bench --overhead`` prints the same rows for the tiny and the
+default model).
 
     python bench/overhead.py [--model tiny|default] [--requests 300] [--seed 0] [--device cpu]
 """
@@ -32,12 +18,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from prefixcache.benchmark import per_request
 from prefixcache.benchmark.per_request import measure_preset
 from prefixcache.benchmark.report import machine
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=f"{__doc__}\n{per_request.__doc__}", formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="tiny", choices=["tiny", "default"], help="built-in preset")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)

@@ -125,8 +125,10 @@ class System:
     def close(self) -> None:
         """Release what the system holds (threads, memory); called once, at the end of a workload."""
 
-    def generate(self, batch: PaddedRequests, streamer: Any, **kwargs: Any) -> Served:
-        out = self.model.generate(
+    def generate(self, batch: PaddedRequests, streamer: Any, *, via: Any = None, **kwargs: Any) -> Served:
+        """The batch's generate (``via``: another object's generate than the model's, such as a
+        CachedModel's), greedy or sampled as its requests ask, for their new tokens exactly."""
+        out = (via or self.model).generate(
             batch.input_ids,
             attention_mask=batch.attention_mask,
             max_new_tokens=batch.new_tokens,
@@ -195,19 +197,11 @@ class PrefixCached(System):
 
     @torch.no_grad()
     def run(self, batch: PaddedRequests, prepared: Any, streamer: Any) -> Served:
-        out = self.cached.generate(
-            batch.input_ids,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=batch.new_tokens,
-            min_new_tokens=batch.new_tokens,
-            pad_token_id=PAD_ID,
-            streamer=streamer,
-            **batch.options(),
-        )
+        served = self.generate(batch, streamer, via=self.cached)
         stats = self.cached.cache.stats
         if self.at_peak is None or stats.bytes_used > self.peak_bytes:
             self.peak_bytes, self.at_peak = stats.bytes_used, stats
-        return Served(batch.rows(out))
+        return served
 
     def memory(self) -> dict[str, Any]:
         """The sizes of the cache's pools and what they held at the peak (see :mod:`.runner`)."""

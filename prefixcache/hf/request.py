@@ -171,7 +171,7 @@ def catch_up_with(serving: Serving, numbered: bool) -> CatchUp | None:
     def catch_up(row: Batch, hit: Hit, start: int, end: int) -> None:
         kv_cache = model_cache(serving.cache, serving.builder, row, [hit], start, serving.layers)
         _, snapshots = in_segments(serving, row, [hit], kv_cache, start, 1, numbered, end=end)
-        store(serving, row, [hit], kv_cache, snapshots=snapshots if serving.layers.kinds.states else None)
+        store(serving, row, [hit], kv_cache, snapshots=snapshots if serving.layers.kinds.states is not None else None)
 
     return catch_up
 
